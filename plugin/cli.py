@@ -25,7 +25,11 @@ logger = logging.getLogger("esdistill")
 COMMAND_MODULES = (
     "esdistill.deploy.cli",
     "esdistill.plugin._cli_models",
-    "esdistill.export.cli",
+    "esdistill.plugin._cli_index",     # index create|info|reindex|rollback, ingest
+    "esdistill.plugin._cli_search",    # search, eval
+    "esdistill.plugin._cli_serve",     # serve (needs the serve extra when run)
+    "esdistill.export.cli",            # export (needs the export extra when run)
+    "esdistill.export._cli_train",     # distill, adapt (needs the export extra when run)
 )
 
 

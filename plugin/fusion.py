@@ -1,0 +1,169 @@
+"""Client-side fusion of ranked lists: reciprocal rank fusion and a normalized linear combination.
+
+Elasticsearch's own RRF retriever is a licensed x-pack feature that is not present on every cluster,
+so hybrid search fuses the BM25 and kNN result lists here, in the client. Two methods:
+
+* **RRF** (Cormack, Clarke and Büttcher, SIGIR 2009): ``score(d) = sum_i w_i / (k + rank_i(d))``
+  with ranks starting at 1 and ``k = 60``. Only ranks matter, so it needs no score calibration.
+* **Linear combination** of min-max normalized scores: ``score(d) = sum_i w_i * norm_i(d)``, a
+  document missing from a list contributing 0 for it. Scores do matter, which helps when one
+  retriever is confidently right; the weights say how much each list counts.
+
+Each input list is a sequence of ``(doc_id, score)`` pairs, best first. The output is a list of
+``(doc_id, fused_score)`` pairs, best first; ties are broken by the best rank the document had in
+any input, then by id, so the result is deterministic::
+
+    >>> reciprocal_rank_fusion([[("a", 9.0), ("b", 5.0)], [("b", 0.9), ("c", 0.8)]])[0][0]
+    'b'
+    >>> linear_combination([[("a", 2.0), ("b", 1.0)], [("b", 0.9)]], weights=[0.4, 0.6])[0]
+    ('b', 0.6)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from esdistill.plugin._errors import ConfigError
+
+__all__ = ["FUSION_METHODS", "RRF_K", "ScoredId", "fuse", "linear_combination", "min_max", "reciprocal_rank_fusion"]
+
+#: one entry of a ranked list: (document id, retrieval score)
+ScoredId = tuple[str, float]
+
+#: the ``k`` of reciprocal rank fusion recommended by its authors
+RRF_K = 60
+FUSION_METHODS = ("rrf", "linear")
+
+
+def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * n
+    out = [float(w) for w in weights]
+    if len(out) != n:
+        raise ConfigError(f"fusion got {n} ranked lists but {len(out)} weights; pass one weight per list")
+    if any(not math.isfinite(w) or w < 0 for w in out):
+        raise ConfigError(f"fusion weights must be finite and >= 0, got {out}")
+    if not any(out):
+        raise ConfigError("fusion weights are all 0: at least one list must count")
+    return out
+
+
+def _finish(scores: dict[str, float], best_rank: dict[str, int]) -> list[ScoredId]:
+    return sorted(scores.items(), key=lambda item: (-item[1], best_rank[item[0]], item[0]))
+
+
+def _best_ranks(lists: Sequence[Sequence[ScoredId]]) -> dict[str, int]:
+    best: dict[str, int] = {}
+    for ranked in lists:
+        for rank, (doc_id, _) in enumerate(ranked, start=1):
+            if rank < best.get(doc_id, rank + 1):
+                best[doc_id] = rank
+    return best
+
+
+def reciprocal_rank_fusion(
+    lists: Sequence[Sequence[ScoredId]], *, k: int = RRF_K, weights: Sequence[float] | None = None
+) -> list[ScoredId]:
+    """Fuse ranked lists by reciprocal rank: ``sum_i w_i / (k + rank_i)``.
+
+    Args:
+        lists: ranked lists of ``(doc_id, score)``, best first (the scores are ignored). A document
+            repeated within one list counts at its first (best) position only.
+        k: the RRF constant (> 0); larger values flatten the head of each list.
+        weights: one non-negative weight per list (default 1 each).
+
+    Returns:
+        ``(doc_id, fused_score)`` pairs, best first.
+
+    Raises:
+        ConfigError: ``k`` is not positive, or the weights do not fit the lists.
+
+    Example:
+        >>> reciprocal_rank_fusion([[("x", 1.0)], [("x", 2.0), ("y", 1.0)]], k=1)
+        [('x', 1.0), ('y', 0.3333333333333333)]
+    """
+    if not k > 0:
+        raise ConfigError(f"rrf k={k!r} must be > 0 (the usual value is {RRF_K})")
+    ws = _weights(len(lists), weights)
+    scores: dict[str, float] = {}
+    for w, ranked in zip(ws, lists):
+        seen: set[str] = set()
+        for rank, (doc_id, _) in enumerate(ranked, start=1):
+            if doc_id in seen:
+                continue
+            seen.add(doc_id)
+            scores[doc_id] = scores.get(doc_id, 0.0) + w / (k + rank)
+    return _finish(scores, _best_ranks(lists))
+
+
+def min_max(ranked: Sequence[ScoredId]) -> dict[str, float]:
+    """Min-max normalize one list's scores into ``[0, 1]`` (all 1.0 when the scores are equal).
+
+    Example:
+        >>> min_max([("a", 3.0), ("b", 1.0), ("c", 2.0)])
+        {'a': 1.0, 'b': 0.0, 'c': 0.5}
+    """
+    out: dict[str, float] = {}
+    if not ranked:
+        return out
+    values = [float(s) for _, s in ranked]
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    for (doc_id, _), v in zip(ranked, values):
+        if doc_id not in out:
+            out[doc_id] = (v - lo) / span if span > 0 else 1.0
+    return out
+
+
+def linear_combination(
+    lists: Sequence[Sequence[ScoredId]], *, weights: Sequence[float] | None = None
+) -> list[ScoredId]:
+    """Fuse ranked lists by a weighted sum of min-max normalized scores.
+
+    Args:
+        lists: ranked lists of ``(doc_id, score)``, best first; scores must be finite.
+        weights: one non-negative weight per list (default 1 each). Hybrid search passes
+            ``[1 - alpha, alpha]`` for (BM25, kNN).
+
+    Returns:
+        ``(doc_id, fused_score)`` pairs, best first.
+
+    Raises:
+        ConfigError: a score is not finite, or the weights do not fit the lists.
+
+    Example:
+        >>> linear_combination([[("a", 10.0), ("b", 0.0)], [("b", 0.7), ("a", 0.5)]], weights=[0.2, 0.8])
+        [('b', 0.8), ('a', 0.2)]
+    """
+    ws = _weights(len(lists), weights)
+    scores: dict[str, float] = {}
+    for w, ranked in zip(ws, lists):
+        if any(not math.isfinite(float(s)) for _, s in ranked):
+            raise ConfigError("linear fusion needs finite scores; one of the lists holds NaN or inf")
+        for doc_id, norm in min_max(ranked).items():
+            scores[doc_id] = scores.get(doc_id, 0.0) + w * norm
+    return _finish(scores, _best_ranks(lists))
+
+
+def fuse(
+    lists: Sequence[Sequence[ScoredId]],
+    *,
+    method: str = "rrf",
+    rrf_k: int = RRF_K,
+    weights: Sequence[float] | None = None,
+) -> list[ScoredId]:
+    """Fuse ranked lists with ``method`` (``"rrf"`` or ``"linear"``).
+
+    Raises:
+        ConfigError: unknown method, or bad parameters for it.
+
+    Example:
+        >>> [d for d, _ in fuse([[("a", 1.0)], [("b", 1.0)]], method="rrf", weights=[1, 2])]
+        ['b', 'a']
+    """
+    if method == "rrf":
+        return reciprocal_rank_fusion(lists, k=rrf_k, weights=weights)
+    if method == "linear":
+        return linear_combination(lists, weights=weights)
+    raise ConfigError(f"fusion method {method!r} is unknown; use one of {FUSION_METHODS}")

@@ -1,0 +1,486 @@
+"""Teacher rerank of the student's top candidates, within a deadline, behind a circuit breaker.
+
+The teacher is served in ONNX like the student: a cross-encoder (:class:`CrossEncoderReranker`,
+scores each query-document pair) or a bi-encoder teacher (:class:`BiEncoderReranker`, cosine of the
+teacher's embeddings of query and candidate, with candidate embeddings cached). :func:`load_reranker`
+picks the right one from the folder's manifest.
+
+:class:`RerankStage` runs a reranker for one query under three guarantees:
+
+* **Deadline.** Candidates are scored in small chunks in the student's order. Before each chunk the
+  stage compares the time left with its running estimate of a chunk's cost and stops when the chunk
+  would not fit (or no time is left). The reranked head is ordered by the teacher; the rest keeps the
+  student's order, and the outcome says ``full``, ``partial`` or ``none`` and why.
+* **Circuit breaker.** After ``failure_threshold`` consecutive failures the stage stops calling the
+  reranker for ``cooldown_s`` seconds, then lets one trial request through (half-open): a success
+  closes the breaker, a failure opens it again.
+* **Never fails the query.** Any exception from the reranker is logged and reported in the outcome;
+  the student's order is returned.
+
+Example::
+
+    >>> class Length:                       # a toy reranker: longer text = more relevant
+    ...     name, fingerprint = "length", "-"
+    ...     def score(self, query, documents):
+    ...         import numpy as np
+    ...         return np.array([len(d) for d in documents], dtype=np.float32)
+    >>> stage = RerankStage(Length())
+    >>> result = stage.run("q", ["a", "ccc", "bb"])
+    >>> result.order, result.outcome.reranked
+    ([1, 2, 0], 'full')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from esdistill.plugin._errors import ConfigError, ModelError
+from esdistill.plugin.manifest import Manifest
+
+__all__ = [
+    "BiEncoderReranker",
+    "CircuitBreaker",
+    "CrossEncoderReranker",
+    "RerankConfig",
+    "RerankOutcome",
+    "RerankResult",
+    "RerankStage",
+    "Reranker",
+    "load_reranker",
+]
+
+logger = logging.getLogger(__name__)
+
+# why a rerank stopped where it did
+REASON_COMPLETE = "complete"
+REASON_BUDGET = "budget_exhausted"
+REASON_CIRCUIT = "circuit_open"
+REASON_ERROR = "error"
+REASON_NOT_REQUESTED = "not_requested"
+REASON_NO_RERANKER = "no_reranker"
+REASON_NO_CANDIDATES = "no_candidates"
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """What the query hook needs from a teacher: scores for one query and its candidates.
+
+    Attributes:
+        name: a human name (from the model's manifest).
+        fingerprint: the model's fingerprint, for logs and metrics.
+    """
+
+    name: str
+    fingerprint: str
+
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """One score per document, higher = more relevant (shape ``(len(documents),)``)."""
+        ...
+
+
+class CrossEncoderReranker:
+    """A cross-encoder teacher served by :class:`~esdistill.plugin.cross_encoder.OnnxCrossEncoder`.
+
+    Args:
+        model: an ``OnnxCrossEncoder`` or the path of an exported cross-encoder folder.
+        threads: onnxruntime intra-op threads when loading from a path.
+        batch_size: pairs per ONNX call when loading from a path.
+
+    Example:
+        >>> rr = CrossEncoderReranker("runs/teacher-onnx")        # doctest: +SKIP
+        >>> rr.score("query", ["doc a", "doc b"])                 # doctest: +SKIP
+        array([ 3.1, -2.4], dtype=float32)
+    """
+
+    def __init__(self, model: Any, *, threads: int | None = None, batch_size: int = 32) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            from esdistill.plugin.cross_encoder import OnnxCrossEncoder
+
+            model = OnnxCrossEncoder(model, threads=threads, batch_size=batch_size)
+        self.model = model
+        self.name = getattr(model.manifest, "name", "cross-encoder")
+        self.fingerprint = str(model.fingerprint)
+
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.model.score(query, list(documents)), dtype=np.float32).reshape(-1)
+
+
+class BiEncoderReranker:
+    """A bi-encoder teacher: cosine between its query embedding and each candidate's embedding.
+
+    Candidate embeddings are kept in a bounded LRU cache keyed by the text's hash, because a
+    document's teacher embedding does not depend on the query: popular documents are embedded once.
+
+    Args:
+        encoder: an ``OnnxEncoder`` or the path of an exported bi-encoder folder.
+        threads: onnxruntime intra-op threads when loading from a path.
+        batch_size: texts per ONNX call when loading from a path.
+        cache_size: candidate embeddings kept (0 disables the cache).
+
+    Example:
+        >>> rr = BiEncoderReranker("runs/mpnet-onnx", cache_size=50_000)   # doctest: +SKIP
+    """
+
+    def __init__(
+        self, encoder: Any, *, threads: int | None = None, batch_size: int = 32, cache_size: int = 20_000
+    ) -> None:
+        if cache_size < 0:
+            raise ConfigError(f"cache_size={cache_size} must be >= 0")
+        if isinstance(encoder, (str, os.PathLike)):
+            from esdistill.plugin.encoder import OnnxEncoder
+
+            encoder = OnnxEncoder(encoder, threads=threads, batch_size=batch_size)
+        self.encoder = encoder
+        self.name = getattr(encoder.manifest, "name", "bi-encoder")
+        self.fingerprint = str(encoder.fingerprint)
+        self.cache_size = cache_size
+        self._docs: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+        return x / np.maximum(norms, 1e-12)
+
+    def _query_vector(self, query: str) -> np.ndarray:
+        with self._lock:
+            hit = self._queries.get(query)
+            if hit is not None:
+                self._queries.move_to_end(query)
+                return hit
+        vec = self._unit(self.encoder.encode([query], kind="query"))[0]
+        with self._lock:
+            self._queries[query] = vec
+            while len(self._queries) > 64:
+                self._queries.popitem(last=False)
+        return vec
+
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        q = self._query_vector(query)
+        keys = [hashlib.blake2b(d.encode("utf-8"), digest_size=16).digest() for d in documents]
+        vecs: list[np.ndarray | None] = [None] * len(documents)
+        with self._lock:
+            for i, key in enumerate(keys):
+                hit = self._docs.get(key)
+                if hit is not None:
+                    self._docs.move_to_end(key)
+                    vecs[i] = hit
+        missing = [i for i, v in enumerate(vecs) if v is None]
+        if missing:
+            fresh = self._unit(self.encoder.encode([documents[i] for i in missing], kind="document"))
+            with self._lock:
+                for i, v in zip(missing, fresh):
+                    vecs[i] = v
+                    if self.cache_size:
+                        self._docs[keys[i]] = v
+                while len(self._docs) > self.cache_size:
+                    self._docs.popitem(last=False)
+        if not documents:
+            return np.zeros(0, dtype=np.float32)
+        return np.stack(vecs) @ q  # type: ignore[arg-type]
+
+
+def load_reranker(model_dir: str | os.PathLike[str], *, threads: int | None = None, **kwargs: Any) -> Reranker:
+    """Load an exported teacher folder as the right reranker for its ``manifest.kind``.
+
+    Args:
+        model_dir: an exported model folder (``manifest.json`` with ``kind`` cross- or bi-encoder).
+        threads: onnxruntime intra-op threads.
+        kwargs: passed to the reranker (``batch_size``; ``cache_size`` for bi-encoders).
+
+    Raises:
+        ModelError: the folder is not an exported model (or fails its fingerprint).
+
+    Example:
+        >>> rr = load_reranker("runs/teacher-onnx")      # doctest: +SKIP
+    """
+    manifest = Manifest.load(model_dir, verify=False)
+    if manifest.kind == "cross-encoder":
+        kwargs.pop("cache_size", None)
+        return CrossEncoderReranker(model_dir, threads=threads, **kwargs)
+    if manifest.kind == "bi-encoder":
+        return BiEncoderReranker(model_dir, threads=threads, **kwargs)
+    raise ModelError(f"{model_dir}: manifest kind {manifest.kind!r} cannot rerank")  # pragma: no cover
+
+
+class CircuitBreaker:
+    """Stop calling a failing dependency for a while: closed -> open -> half-open -> closed.
+
+    Args:
+        failure_threshold: consecutive failures that open the breaker.
+        cooldown_s: seconds the breaker stays open before it lets one trial call through.
+        clock: a monotonic clock in seconds (injectable for tests).
+
+    Example:
+        >>> b = CircuitBreaker(failure_threshold=2, cooldown_s=10, clock=lambda: 0.0)
+        >>> b.record_failure(); b.record_failure(); b.state, b.allow()
+        ('open', False)
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(
+        self, *, failure_threshold: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if failure_threshold < 1:
+            raise ConfigError(f"failure_threshold={failure_threshold} must be >= 1")
+        if not cooldown_s >= 0:
+            raise ConfigError(f"cooldown_s={cooldown_s} must be >= 0")
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = float(cooldown_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        self.times_opened = 0
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half_open`` (an open breaker past its cool-down reads half_open)."""
+        with self._lock:
+            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+                return self.HALF_OPEN
+            return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def allow(self) -> bool:
+        """May the dependency be called now? (In half-open state, only one trial at a time.)"""
+        with self._lock:
+            if self._state == self.CLOSED:
+                return True
+            if self._state == self.OPEN:
+                if self._clock() - self._opened_at < self.cooldown_s:
+                    return False
+                self._state = self.HALF_OPEN
+                self._trial_in_flight = False
+            if self._trial_in_flight:
+                return False
+            self._trial_in_flight = True
+            return True
+
+    def release(self) -> None:
+        """Give back an allowed call that was not made (e.g. no time was left): no state change."""
+        with self._lock:
+            self._trial_in_flight = False
+
+    def record_success(self) -> None:
+        with self._lock:
+            if self._state != self.CLOSED:
+                logger.info("circuit breaker closed again after a successful trial")
+            self._state = self.CLOSED
+            self._failures = 0
+            self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            self._trial_in_flight = False
+            if self._state == self.HALF_OPEN or (self._state == self.CLOSED and self._failures >= self.failure_threshold):
+                self._state = self.OPEN
+                self._opened_at = self._clock()
+                self.times_opened += 1
+                logger.warning("circuit breaker opened after %d consecutive failure(s); retry in %.1f s",
+                               self._failures, self.cooldown_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        """State for metrics and health endpoints."""
+        return {"state": self.state, "consecutive_failures": self._failures, "times_opened": self.times_opened}
+
+
+@dataclass
+class RerankConfig:
+    """How the teacher rerank runs.
+
+    Attributes:
+        top_n: candidates (the student's top N) sent to the teacher.
+        chunk_size: candidates scored per teacher call when a deadline applies (smaller = finer
+            deadline control, larger = better throughput).
+        failure_threshold: consecutive reranker failures that open the circuit breaker.
+        cooldown_s: seconds the breaker stays open before a trial call.
+    """
+
+    top_n: int = 20
+    chunk_size: int = 4
+    failure_threshold: int = 3
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.top_n) <= 1000:
+            raise ConfigError(f"rerank top_n={self.top_n} must be between 1 and 1000")
+        if int(self.chunk_size) < 1:
+            raise ConfigError(f"rerank chunk_size={self.chunk_size} must be >= 1")
+        if int(self.failure_threshold) < 1:
+            raise ConfigError(f"rerank failure_threshold={self.failure_threshold} must be >= 1")
+        if not float(self.cooldown_s) >= 0:
+            raise ConfigError(f"rerank cooldown_s={self.cooldown_s} must be >= 0")
+
+
+@dataclass
+class RerankOutcome:
+    """Whether and how far the rerank ran for one query.
+
+    Attributes:
+        reranked: ``full`` (every candidate scored), ``partial`` (a head of the candidates) or
+            ``none``.
+        count: candidates the teacher scored.
+        candidates: candidates offered to the teacher.
+        reason: ``complete``, ``budget_exhausted``, ``circuit_open``, ``error``, ``not_requested``,
+            ``no_reranker`` or ``no_candidates``.
+        error: the exception's type and message, when ``reason`` is ``error``.
+        ms: milliseconds spent in the teacher.
+    """
+
+    reranked: str = "none"
+    count: int = 0
+    candidates: int = 0
+    reason: str = REASON_NOT_REQUESTED
+    error: str | None = None
+    ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RerankResult:
+    """The new order of the candidates and what the teacher said.
+
+    Attributes:
+        order: a permutation of candidate indices, final order (reranked head first).
+        scores: teacher score per candidate index (``None`` where not scored).
+        outcome: the :class:`RerankOutcome`.
+    """
+
+    order: list[int]
+    scores: list[float | None]
+    outcome: RerankOutcome = field(default_factory=RerankOutcome)
+
+
+class RerankStage:
+    """Run a :class:`Reranker` under a deadline and a circuit breaker; never raises for its failures.
+
+    Args:
+        reranker: the teacher.
+        config: :class:`RerankConfig` (defaults when ``None``).
+        breaker: a :class:`CircuitBreaker` (one built from ``config`` when ``None``).
+        clock: the clock deadlines are expressed in (``time.perf_counter`` seconds by default).
+    """
+
+    def __init__(
+        self,
+        reranker: Reranker,
+        *,
+        config: RerankConfig | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.reranker = reranker
+        self.config = config or RerankConfig()
+        self.breaker = breaker or CircuitBreaker(
+            failure_threshold=self.config.failure_threshold, cooldown_s=self.config.cooldown_s
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._per_doc_s: float | None = None  # running estimate of the teacher's cost per candidate
+
+    @property
+    def per_doc_ms(self) -> float | None:
+        """The running estimate of the teacher's cost per candidate, in ms (``None`` before any call)."""
+        return None if self._per_doc_s is None else self._per_doc_s * 1000.0
+
+    def _learn(self, seconds: float, n: int) -> None:
+        with self._lock:
+            per_doc = seconds / max(n, 1)
+            self._per_doc_s = per_doc if self._per_doc_s is None else 0.7 * self._per_doc_s + 0.3 * per_doc
+
+    def _fits(self, n: int, deadline: float) -> bool:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return False
+        with self._lock:
+            est = self._per_doc_s
+            if est is None or est * n <= remaining:
+                return True
+            # The estimate says no. Let it decay, so that a teacher that was slow once is retried
+            # (and measured again) after a few skipped queries instead of never.
+            self._per_doc_s = est * 0.8
+            return False
+
+    def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> RerankResult:
+        """Rerank ``texts`` (the candidates, in the student's order) for ``query``.
+
+        Args:
+            query: the query text.
+            texts: candidate texts, student's order; callers pass at most ``config.top_n``.
+            deadline: the time (on this stage's clock) by which the rerank must stop; ``None`` = no
+                deadline (all candidates in one call).
+
+        Returns:
+            A :class:`RerankResult`; its ``order`` is the student's order when nothing was scored.
+        """
+        n = len(texts)
+        student = list(range(n))
+        outcome = RerankOutcome(candidates=n)
+        scores: list[float | None] = [None] * n
+        if n == 0:
+            outcome.reason = REASON_NO_CANDIDATES
+            return RerankResult(student, scores, outcome)
+        if not self.breaker.allow():
+            outcome.reason = REASON_CIRCUIT
+            return RerankResult(student, scores, outcome)
+        chunk = n if deadline is None else self.config.chunk_size
+        start = self._clock()
+        done = 0
+        failed = called = False
+        try:
+            while done < n:
+                part = list(texts[done:done + chunk])
+                if deadline is not None and not self._fits(len(part), deadline):
+                    break
+                called = True
+                t = self._clock()
+                got = np.asarray(self.reranker.score(query, part), dtype=np.float64).reshape(-1)
+                if got.shape[0] != len(part) or not np.all(np.isfinite(got)):
+                    raise ModelError(
+                        f"reranker {getattr(self.reranker, 'name', '?')} returned {got.shape[0]} scores "
+                        f"(finite: {bool(np.all(np.isfinite(got)))}) for {len(part)} candidates"
+                    )
+                self._learn(self._clock() - t, len(part))
+                scores[done:done + len(part)] = [float(s) for s in got]
+                done += len(part)
+        except Exception as exc:  # noqa: BLE001 - a rerank failure must never fail the query
+            failed = True
+            outcome.error = f"{type(exc).__name__}: {exc}"[:500]
+            logger.warning("rerank failed after %d/%d candidates: %s", done, n, outcome.error)
+        outcome.ms = (self._clock() - start) * 1000.0
+        outcome.count = done
+        if failed:
+            self.breaker.record_failure()
+            outcome.reason = REASON_ERROR
+        else:
+            if called:
+                self.breaker.record_success()
+            else:
+                self.breaker.release()
+            outcome.reason = REASON_COMPLETE if done == n else REASON_BUDGET
+        outcome.reranked = "full" if done == n else ("partial" if done > 0 else "none")
+        head = sorted(range(done), key=lambda i: (-scores[i], i))  # type: ignore[operator]
+        return RerankResult(head + student[done:], scores, outcome)
+

@@ -1,0 +1,290 @@
+"""What stands in front of every service request: rate limit, API key, body size, metrics.
+
+Plain ASGI, no web framework, so that it is checked *before* a body is parsed or a route runs, and
+every rejection is a small JSON body the same shape as the service's own errors::
+
+    {"error": {"type": "unauthorized", "message": "...", "details": null}}
+
+Order for a protected path (``/v1/...``, and ``/metrics`` when asked): the rate limit (so that keys
+cannot be guessed at full speed), then the API key (401 without one, 403 with a wrong one), then the
+body size (413; bodies without ``Content-Length`` are counted while read). Every request, rejected or
+not, is counted in the metrics by route template and status.
+
+API keys are compared in constant time: the presented key is hashed with SHA-256 and compared with
+:func:`hmac.compare_digest` against *every* configured digest, without stopping at a match, so the
+time taken depends neither on the key's length nor on which key (if any) matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from esdistill.plugin.metrics import ServiceMetrics
+
+__all__ = ["API_KEY_HEADER", "ApiKeyGuard", "GuardMiddleware", "TokenBucketLimiter", "error_body"]
+
+logger = logging.getLogger(__name__)
+
+#: the header that carries the API key
+API_KEY_HEADER = "X-API-Key"
+_KEY_HEADER_BYTES = API_KEY_HEADER.lower().encode()
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def error_body(kind: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON error shape every non-2xx answer of the service uses."""
+    return {"error": {"type": kind, "message": message, "details": details}}
+
+
+class ApiKeyGuard:
+    """Checks presented API keys against configured SHA-256 digests, in constant time.
+
+    Args:
+        digests: SHA-256 digests of the accepted keys (``ServiceSettings.key_digests``).
+
+    Example:
+        >>> g = ApiKeyGuard((hashlib.sha256(b"k" * 20).digest(),))
+        >>> g.check(b"k" * 20), g.check(None), g.check(b"wrong")
+        (200, 401, 403)
+    """
+
+    def __init__(self, digests: tuple[bytes, ...]) -> None:
+        if any(len(d) != 32 for d in digests):
+            raise ValueError("API key digests must be 32-byte SHA-256 digests")
+        self._digests = tuple(digests)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, presented: bytes | None) -> int:
+        """200 when the key is accepted (or auth is off), 401 when none was given, 403 when wrong."""
+        if not self._digests:
+            return 200
+        if not presented:
+            return 401
+        digest = hashlib.sha256(presented).digest()
+        matched = False
+        for expected in self._digests:  # no early exit: every digest is compared
+            matched |= hmac.compare_digest(expected, digest)
+        return 200 if matched else 403
+
+
+class TokenBucketLimiter:
+    """One token bucket per client: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    Args:
+        rate: tokens added per second (> 0).
+        burst: bucket size (>= 1).
+        max_clients: buckets kept (least recently seen ones are dropped first).
+        clock: monotonic clock in seconds (injectable for tests).
+
+    Example:
+        >>> lim = TokenBucketLimiter(rate=1.0, burst=2)
+        >>> [lim.acquire("a") == 0.0 for _ in range(3)]
+        [True, True, False]
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (rate > 0 and math.isfinite(rate)) or burst < 1:
+            raise ValueError(f"a token bucket needs rate > 0 and burst >= 1 (got {rate}, {burst})")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> float:
+        """Take one token. Returns 0.0 when allowed, else the seconds until a token is available."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                wait = 0.0
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """ASGI middleware: metrics for every request; rate limit, API key and body size where protected.
+
+    Args:
+        app: the wrapped ASGI application.
+        metrics: where requests are counted.
+        route_of: maps a request scope to its route template (``/v1/index/{name}``), or ``None``.
+        guard: the API-key check.
+        limiter: the rate limit, or ``None``.
+        max_body_bytes: the largest accepted body.
+        protect: decides from the path whether a request needs the key and the rate limit.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ServiceMetrics,
+        route_of: Callable[[Scope], str | None],
+        guard: ApiKeyGuard,
+        limiter: TokenBucketLimiter | None,
+        max_body_bytes: int,
+        protect: Callable[[str], bool],
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.route_of = route_of
+        self.guard = guard
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+        self.protect = protect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            rejection = self._precheck(scope)
+            if rejection is None:
+                receive, rejection = await self._limit_body(scope, receive)
+            if rejection is not None:
+                code, kind, message, headers = rejection
+                await _send_json(send_wrapper, code, error_body(kind, message), headers)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            route = self._route_label(scope)
+            self.metrics.requests.inc(route=route, method=scope.get("method", ""), status=str(status["code"]))
+            self.metrics.request_latency.observe(time.perf_counter() - started, route=route)
+
+    def _route_label(self, scope: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        try:
+            return self.route_of(scope) or "unmatched"
+        except Exception:  # noqa: BLE001 - a label must never fail a request
+            return "unmatched"
+
+    def _precheck(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        path = scope.get("path", "")
+        if not self.protect(path):
+            return None
+        if self.limiter is not None:
+            client = (scope.get("client") or ("unknown", 0))[0]
+            wait = self.limiter.acquire(str(client))
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                return (429, "rate_limited",
+                        f"too many requests: the limit is {self.limiter.rate:g}/s with bursts of "
+                        f"{self.limiter.burst}; retry after {retry}s",
+                        [(b"retry-after", retry.encode())])
+        if self.guard.enabled:
+            presented = None
+            for name, value in scope.get("headers", ()):
+                if name == _KEY_HEADER_BYTES:
+                    presented = value
+                    break
+            verdict = self.guard.check(presented)
+            if verdict == 401:
+                return (401, "unauthorized", f"this endpoint needs an API key in the {API_KEY_HEADER} header",
+                        [(b"www-authenticate", f'ApiKey header="{API_KEY_HEADER}"'.encode())])
+            if verdict == 403:
+                return (403, "forbidden", f"the API key in the {API_KEY_HEADER} header is not valid", [])
+        return None
+
+    async def _limit_body(self, scope: Scope, receive: Receive):
+        """Reject a declared or actual body above the limit; otherwise replay what was read."""
+        declared = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return receive, (400, "bad_request", "the Content-Length header is not a number", [])
+                if declared < 0:
+                    return receive, (400, "bad_request", "the Content-Length header is negative", [])
+                break
+        limit = self.max_body_bytes
+        too_large = (413, "payload_too_large",
+                     f"the request body is larger than the limit of {limit} bytes; send fewer or smaller "
+                     "documents per request (the limit is the service's max_body_bytes setting)", [])
+        if declared is not None and declared > limit:
+            return receive, too_large
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") and declared in (None, 0):
+            return receive, None
+        # read the body now (it is at most `limit` bytes) and replay it to the application
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return _replay([], receive, disconnected=True), None
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                return receive, too_large
+            chunks.append(body)
+            more = message.get("more_body", False)
+        return _replay(chunks, receive), None
+
+
+def _replay(chunks: list[bytes], original: Receive, *, disconnected: bool = False) -> Receive:
+    """A ``receive`` that first returns the buffered body, then defers to the server's."""
+    sent = {"done": False}
+
+    async def receive() -> Message:
+        if disconnected:
+            return {"type": "http.disconnect"}
+        if sent["done"]:
+            return await original()  # returns when the client goes away
+        sent["done"] = True
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    return receive
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                    *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,82 @@
+"""Synthetic query generation, the pluggable generator, and grounding filters."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from esdistill.export._data import Doc, load_corpus
+from esdistill.export.mining import CandidateList
+from esdistill.export.queries import (
+    ALL_STYLES,
+    CallableGenerator,
+    RuleBasedGenerator,
+    filter_grounded,
+    generate_queries,
+    load_generator,
+    split_dev,
+)
+from esdistill.plugin._errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_collection):
+    return load_corpus(tiny_collection)
+
+
+def test_every_style_is_produced_and_grounded_in_its_document(corpus):
+    gen = RuleBasedGenerator.fit(corpus)
+    qs = generate_queries(corpus, gen, per_doc=4, seed=3)
+    assert {q.style for q in qs} == set(ALL_STYLES)
+    assert len({q.text.lower() for q in qs}) == len(qs)  # no duplicates
+    for q in qs:
+        doc_words = {w.lower() for w in re.findall(r"[\w\-]+", corpus[q.doc_id].full)}
+        words = [w.lower().strip(",;:") for w in q.text.split()]
+        assert len(words) >= 2
+        if q.style in ("keyword", "title"):
+            assert all(w in doc_words for w in words), q
+        else:  # a claim or question reuses the document's salient words
+            assert sum(w in doc_words for w in words) >= 1, q
+
+
+def test_keyword_queries_prefer_rare_terms():
+    docs = {f"d{i}": Doc(f"d{i}", "", "the cell energy study of cells and energy") for i in range(5)}
+    docs["x"] = Doc("x", "", "the cell energy study of mitochondria cristae and energy")
+    gen = RuleBasedGenerator.fit(docs)
+    q = gen.generate(docs["x"], "keyword", random.Random(0))
+    assert "mitochondria" in q or "cristae" in q
+
+
+def test_generation_is_seeded_capped_and_styles_validated(corpus):
+    gen = RuleBasedGenerator.fit(corpus)
+    a = generate_queries(corpus, gen, max_queries=5, seed=1)
+    assert a == generate_queries(corpus, gen, max_queries=5, seed=1)
+    assert len(a) == 5
+    with pytest.raises(ConfigError, match="style"):
+        gen.generate(next(iter(corpus.values())), "poem", random.Random(0))
+    with pytest.raises(ConfigError):
+        generate_queries(corpus, gen, styles=())
+
+
+def test_callable_generator_plugs_in(corpus):
+    gen = CallableGenerator(lambda doc, style: f"{style} about {doc.title.lower()}")
+    qs = generate_queries(corpus, gen, styles=("question",), seed=0)
+    assert len(qs) == len(corpus)
+    assert all(q.text.startswith("question about ") for q in qs)
+    loaded = load_generator("os.path:join", corpus)
+    assert isinstance(loaded, CallableGenerator)
+    with pytest.raises(ConfigError, match="generator"):
+        load_generator("no_such_module_xyz:fn", corpus)
+
+
+def test_filter_grounded_and_split():
+    def cl(rank):
+        return CandidateList("q", "t", ["a"], [1.0], positives=["a"], teacher_rank_of_positive=rank)
+
+    kept, dropped = filter_grounded([cl(0), cl(2), cl(5), cl(-1)], max_rank=3)
+    assert [c.teacher_rank_of_positive for c in kept] == [0, 2]
+    assert len(dropped) == 2
+    train, dev = split_dev(list(range(10)), dev_size=3, seed=0)
+    assert len(dev) == 3 and sorted(train + dev) == list(range(10))

@@ -1,0 +1,676 @@
+"""The query hook: kNN, BM25 and hybrid search over an esdistill index, with an optional teacher
+rerank under a deadline and A/B arms.
+
+One call, :meth:`QueryHook.search`, runs the stages a production query needs and times each one:
+
+1. **embed**: the query through the student (an ``OnnxEncoder``), via a bounded LRU cache;
+2. **es**: approximate kNN on the index's ``dense_vector`` field (``num_candidates`` tunable), a BM25
+   ``multi_match`` over its text fields, or both in one ``_msearch`` round trip; filters (any
+   Elasticsearch query clauses) go into ``knn.filter`` and the BM25 ``bool.filter``;
+3. **fuse** (hybrid): reciprocal rank fusion or a normalized linear combination, client-side, since
+   RRF is a licensed feature not present on every cluster (:mod:`esdistill.plugin.fusion`);
+4. **rerank** (optional): the teacher rescoring the top N within the request's budget, behind a
+   circuit breaker (:mod:`esdistill.plugin.rerank`); a rerank failure never fails the query;
+5. A/B: the arm of the request's key decides whether to rerank or to show a team-draft interleaving
+   of the student's and the reranked ranking, and each answer goes to the exposure log
+   (:mod:`esdistill.plugin.ab`).
+
+The model must be the one that made the index's vectors: the hook compares the encoder's fingerprint
+with the index's mapping ``_meta`` before its first query (and again when the alias moves to
+another physical index) and raises :class:`FingerprintError` on a mismatch::
+
+    >>> from esdistill.plugin import connect
+    >>> from esdistill.plugin.encoder import OnnxEncoder
+    >>> hook = QueryHook(connect(), "scifact", OnnxEncoder("runs/student-int8"))   # doctest: +SKIP
+    >>> r = hook.search("vitamin D and bone density", k=5, mode="hybrid")          # doctest: +SKIP
+    >>> [h.id for h in r.hits], r.timings["total"]                                 # doctest: +SKIP
+    (['4983', '1023', ...], 11.8)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
+from esdistill.plugin.ab import ABTest, Arm, ExposureLog, team_draft_interleave
+from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse
+from esdistill.plugin.rerank import (
+    REASON_NO_RERANKER,
+    REASON_NOT_REQUESTED,
+    RerankConfig,
+    RerankOutcome,
+    Reranker,
+    RerankStage,
+)
+
+__all__ = ["MODES", "Hit", "QueryConfig", "QueryHook", "SearchResponse"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("knn", "hybrid", "bm25")
+_MAX_NUM_CANDIDATES = 10_000
+_DEFAULT_VECTOR_FIELD = "embedding"
+_DEFAULT_TEXT_FIELDS = ("title", "text")
+_MULTI_MATCH_TYPES = ("best_fields", "most_fields", "cross_fields")
+
+
+@dataclass
+class QueryConfig:
+    """Knobs of the query hook (validated on construction).
+
+    Attributes:
+        max_k: the largest ``k`` a request may ask for.
+        num_candidates: default kNN ``num_candidates``; ``None`` = ``max(100, 1.5 * depth)`` where
+            depth is the number of hits fetched (``k``, or the rerank depth when larger).
+        fusion: hybrid fusion method, ``rrf`` or ``linear``.
+        rrf_k: the RRF constant.
+        linear_weight: weight of the kNN list in linear fusion (BM25 gets ``1 - linear_weight``).
+        fusion_depth: hits fetched from each retriever in hybrid mode (at least the depth).
+        bm25_type: ``multi_match`` type over the text fields (``cross_fields`` scores the fields as
+            one combined field, like a concatenated title and text).
+        cache_size: query embeddings kept in the LRU cache (0 disables it).
+        rerank: :class:`~esdistill.plugin.rerank.RerankConfig` (top N, chunk size, breaker).
+        default_budget_ms: budget for requests that give none (``None`` = no deadline).
+        max_budget_ms: the largest budget a request may ask for.
+        request_timeout_s: Elasticsearch request timeout; slower answers raise
+            :class:`ElasticsearchUnavailable`.
+        max_retries: Elasticsearch client retries on connection errors.
+        check_fingerprint: compare the encoder with the index's ``_meta`` before searching.
+        meta_refresh_s: re-read the index's ``_meta`` at most this often (alias swaps).
+        interleave_names: team names for an interleaving arm: (student, reranked).
+    """
+
+    max_k: int = 1000
+    num_candidates: int | None = None
+    fusion: str = "rrf"
+    rrf_k: int = RRF_K
+    linear_weight: float = 0.5
+    fusion_depth: int = 50
+    bm25_type: str = "cross_fields"
+    cache_size: int = 1024
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    default_budget_ms: float | None = None
+    max_budget_ms: float = 60_000.0
+    request_timeout_s: float = 10.0
+    max_retries: int = 1
+    check_fingerprint: bool = True
+    meta_refresh_s: float = 60.0
+    interleave_names: tuple[str, str] = ("student", "rerank")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= int(self.max_k) <= _MAX_NUM_CANDIDATES:
+            problems.append(f"max_k={self.max_k} (1..{_MAX_NUM_CANDIDATES})")
+        if self.num_candidates is not None and not 1 <= int(self.num_candidates) <= _MAX_NUM_CANDIDATES:
+            problems.append(f"num_candidates={self.num_candidates} (1..{_MAX_NUM_CANDIDATES})")
+        if self.fusion not in FUSION_METHODS:
+            problems.append(f"fusion={self.fusion!r} (one of {FUSION_METHODS})")
+        if not self.rrf_k > 0:
+            problems.append(f"rrf_k={self.rrf_k} (> 0)")
+        if not 0.0 <= float(self.linear_weight) <= 1.0:
+            problems.append(f"linear_weight={self.linear_weight} (0..1)")
+        if not 1 <= int(self.fusion_depth) <= _MAX_NUM_CANDIDATES:
+            problems.append(f"fusion_depth={self.fusion_depth} (1..{_MAX_NUM_CANDIDATES})")
+        if self.bm25_type not in _MULTI_MATCH_TYPES:
+            problems.append(f"bm25_type={self.bm25_type!r} (one of {_MULTI_MATCH_TYPES})")
+        if int(self.cache_size) < 0:
+            problems.append(f"cache_size={self.cache_size} (>= 0)")
+        if self.default_budget_ms is not None and not 0 < float(self.default_budget_ms) <= self.max_budget_ms:
+            problems.append(f"default_budget_ms={self.default_budget_ms} (0 < budget <= max_budget_ms)")
+        if not float(self.request_timeout_s) > 0:
+            problems.append(f"request_timeout_s={self.request_timeout_s} (> 0)")
+        if int(self.max_retries) < 0:
+            problems.append(f"max_retries={self.max_retries} (>= 0)")
+        if len(self.interleave_names) != 2 or self.interleave_names[0] == self.interleave_names[1]:
+            problems.append(f"interleave_names={self.interleave_names} (two different names)")
+        if problems:
+            raise ConfigError("invalid query configuration: " + "; ".join(problems))
+
+
+@dataclass
+class Hit:
+    """One search result.
+
+    Attributes:
+        id: the document id.
+        score: the retrieval score (kNN similarity, BM25, or the fused score in hybrid mode).
+            Hits are listed in final order, which after a rerank follows the teacher, not ``score``.
+        rank: 1-based position in the response.
+        source: the stored fields (the vector field left out).
+        rerank_score: the teacher's score, when the teacher scored this hit.
+        team: for an interleaved response, which ranking contributed the hit.
+        index: the physical index the hit came from.
+    """
+
+    id: str
+    score: float
+    rank: int
+    source: dict[str, Any] = field(default_factory=dict)
+    rerank_score: float | None = None
+    team: str | None = None
+    index: str | None = None
+
+
+@dataclass
+class SearchResponse:
+    """What :meth:`QueryHook.search` returns.
+
+    Attributes:
+        query_id: a fresh id per request (join clicks to the exposure log on it).
+        query: the query text.
+        mode: ``knn``, ``hybrid`` or ``bm25``.
+        k: hits asked for.
+        hits: the results, best first.
+        variant: what produced the list: ``student``, ``student+rerank`` or ``interleaved``.
+        arm: the A/B arm, or ``None`` outside an experiment.
+        rerank: how far the teacher rerank ran (``reranked``: full, partial or none; why).
+        timings: milliseconds per stage: ``embed``, ``es``, ``fuse``, ``rerank``, ``total``.
+        embedding_cached: the query embedding came from the cache.
+    """
+
+    query_id: str
+    query: str
+    mode: str
+    k: int
+    hits: list[Hit]
+    variant: str
+    arm: str | None
+    rerank: RerankOutcome
+    timings: dict[str, float]
+    embedding_cached: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        """The hit ids, in order."""
+        return [h.id for h in self.hits]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict (what ``esdistill search --json`` prints)."""
+        return asdict(self)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _filters_list(filters: Any) -> list[dict[str, Any]]:
+    if filters is None:
+        return []
+    if isinstance(filters, Mapping):
+        return [dict(filters)]
+    if isinstance(filters, Sequence) and not isinstance(filters, (str, bytes)):
+        out = []
+        for f in filters:
+            if not isinstance(f, Mapping):
+                raise ConfigError(f"each filter must be an Elasticsearch query clause (a dict), got {f!r}")
+            out.append(dict(f))
+        return out
+    raise ConfigError(
+        f"filters must be an Elasticsearch query clause or a list of them, e.g. "
+        f'{{"term": {{"lang": "en"}}}}; got {type(filters).__name__}'
+    )
+
+
+class QueryHook:
+    """Search an esdistill index with the student, optionally reranked by the teacher, under A/B.
+
+    Args:
+        client: an ``elasticsearch.Elasticsearch`` client (see :func:`esdistill.plugin.connect`).
+        index: the index or alias to search.
+        encoder: the student ``OnnxEncoder`` (``None`` allows BM25 only).
+        reranker: a teacher :class:`~esdistill.plugin.rerank.Reranker` (``None``: no rerank).
+        ab: an :class:`~esdistill.plugin.ab.ABTest` assigning ``ab_key`` values to arms.
+        exposure_log: where to log what each request showed (an :class:`ExposureLog`).
+        config: :class:`QueryConfig`.
+        clock: seconds clock for timings and deadlines (``time.perf_counter``).
+
+    Example:
+        >>> hook = QueryHook(client, "docs", encoder, reranker=load_reranker("teacher-onnx"),
+        ...                  ab=ABTest.from_shares({"student": 0.9, "student+rerank": 0.1}, salt="e1"))
+        ...                                                                    # doctest: +SKIP
+        >>> hook.search("query", k=10, ab_key="user-7", budget_ms=50).rerank.reranked  # doctest: +SKIP
+        'full'
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        index: str,
+        encoder: Any = None,
+        *,
+        reranker: Reranker | None = None,
+        ab: ABTest | None = None,
+        exposure_log: ExposureLog | None = None,
+        config: QueryConfig | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not isinstance(index, str) or not index:
+            raise ConfigError(f"index must be a non-empty name, got {index!r}")
+        self.client = client
+        self.index = index
+        self.encoder = encoder
+        self.config = config or QueryConfig()
+        self.ab = ab
+        self.exposure_log = exposure_log
+        self.reranker = reranker
+        self.rerank_stage = (
+            RerankStage(reranker, config=self.config.rerank, clock=clock) if reranker is not None else None
+        )
+        self._clock = clock
+        self._cache = _LRU(int(self.config.cache_size))
+        self._es = client.options(request_timeout=self.config.request_timeout_s,
+                                  max_retries=self.config.max_retries, retry_on_timeout=False)
+        self._meta_lock = threading.Lock()
+        self._checked: set[str] = set()
+        self._meta_at = -math.inf
+        self.vector_field = _DEFAULT_VECTOR_FIELD
+        self.text_fields: tuple[str, ...] = _DEFAULT_TEXT_FIELDS
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def open(
+        cls,
+        index: str,
+        model: str | os.PathLike[str] | None,
+        *,
+        rerank_model: str | os.PathLike[str] | None = None,
+        client: Any = None,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> QueryHook:
+        """Build a hook from folder paths: the student (exported bi-encoder) and optional teacher.
+
+        Args:
+            index: index or alias name.
+            model: exported student folder (``None`` for BM25 only).
+            rerank_model: exported teacher folder (cross- or bi-encoder), or ``None``.
+            client: an Elasticsearch client (default :func:`esdistill.plugin.connect`).
+            threads: onnxruntime threads for the student and teacher.
+            kwargs: passed to :class:`QueryHook` (``ab``, ``exposure_log``, ``config``).
+
+        Raises:
+            ModelError / FingerprintError: a model folder is not a valid export.
+            ElasticsearchUnavailable: the cluster cannot be reached.
+        """
+        from esdistill.plugin.es_client import connect
+
+        encoder = None
+        if model is not None:
+            from esdistill.plugin.encoder import OnnxEncoder
+
+            encoder = OnnxEncoder(model, threads=threads)
+        reranker = None
+        if rerank_model is not None:
+            from esdistill.plugin.rerank import load_reranker
+
+            reranker = load_reranker(rerank_model, threads=threads)
+        return cls(client if client is not None else connect(), index, encoder, reranker=reranker, **kwargs)
+
+    # -------------------------------------------------------------------------------- the index
+    def _es_call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one Elasticsearch call; translate its failures into esdistill errors."""
+        from elasticsearch import (
+            ApiError,
+            AuthenticationException,
+            AuthorizationException,
+            BadRequestError,
+            NotFoundError,
+            TransportError,
+        )
+        from elasticsearch import ConnectionError as EsConnectionError
+        from elasticsearch import ConnectionTimeout
+
+        try:
+            return fn()
+        except ConnectionTimeout:
+            raise ElasticsearchUnavailable(
+                f"Elasticsearch did not answer the {what} within {self.config.request_timeout_s:g} s; it is "
+                "overloaded or stuck. Check the cluster's health, or raise QueryConfig.request_timeout_s."
+            ) from None
+        except EsConnectionError as exc:
+            raise ElasticsearchUnavailable(
+                f"cannot reach Elasticsearch for the {what} on index {self.index!r}: {type(exc).__name__}. "
+                "Is it running? Check ESDISTILL_ES_URL."
+            ) from None
+        except NotFoundError as exc:
+            raise ConfigError(
+                f"index {self.index!r} does not exist ({_reason(exc)}); create and fill it with "
+                f"`esdistill index create {self.index} --model DIR` and `esdistill ingest`"
+            ) from None
+        except (AuthenticationException, AuthorizationException) as exc:
+            raise ElasticsearchUnavailable(
+                f"Elasticsearch refused the {what} on {self.index!r} ({exc.meta.status}): check the "
+                "credentials (ESDISTILL_ES_API_KEY / ESDISTILL_ES_USER) and the user's read privilege"
+            ) from None
+        except BadRequestError as exc:
+            raise ConfigError(
+                f"Elasticsearch rejected the {what} on {self.index!r}: {_reason(exc)}. Check the filters "
+                "and parameters of the request."
+            ) from None
+        except ApiError as exc:
+            raise ElasticsearchUnavailable(
+                f"Elasticsearch failed the {what} on {self.index!r} with status {exc.meta.status}: {_reason(exc)}"
+            ) from None
+        except TransportError as exc:
+            raise ElasticsearchUnavailable(f"Elasticsearch failed the {what}: {exc}") from None
+
+    def _load_meta(self, force: bool = False) -> None:
+        """Read the index's esdistill ``_meta`` (vector/text fields) and check the model, once."""
+        now = self._clock()
+        if not force and now - self._meta_at < self.config.meta_refresh_s:
+            return
+        with self._meta_lock:
+            if not force and now - self._meta_at < self.config.meta_refresh_s:
+                return
+            mappings = self._es_call("mapping lookup", lambda: self._es.indices.get_mapping(index=self.index))
+            checked: set[str] = set()
+            for physical, body in dict(mappings).items():
+                meta = (body.get("mappings") or {}).get("_meta") or {}
+                self._apply_meta(physical, meta)
+                checked.add(physical)
+            self._checked = checked
+            self._meta_at = now
+
+    def _apply_meta(self, physical: str, meta: Mapping[str, Any]) -> None:
+        nested = meta.get("esdistill") if isinstance(meta.get("esdistill"), Mapping) else {}
+        fingerprint = meta.get("model_fingerprint") or nested.get("fingerprint")
+        self.vector_field = str(meta.get("vector_field") or nested.get("vector_field") or _DEFAULT_VECTOR_FIELD)
+        fields_ = meta.get("text_fields") or nested.get("text_fields") or _DEFAULT_TEXT_FIELDS
+        self.text_fields = tuple(str(f) for f in fields_)
+        if self.encoder is None or not self.config.check_fingerprint:
+            return
+        if not fingerprint:
+            logger.warning("index %s has no esdistill model fingerprint in its _meta; cannot check that "
+                           "the query model made its vectors", physical)
+            return
+        mine = str(self.encoder.fingerprint)
+        dims = meta.get("dims") or nested.get("dims")
+        if fingerprint != mine or (dims is not None and int(dims) != int(self.encoder.dims)):
+            raise FingerprintError(
+                f"the query model (fingerprint {mine[:12]}…, {self.encoder.dims} dims) did not make the vectors of "
+                f"index {self.index!r} (physical {physical}: fingerprint {str(fingerprint)[:12]}…, {dims} dims, "
+                f"model {meta.get('model_name', '?')!r}). Query with the model the index was built with, or "
+                f"re-embed it: `esdistill index reindex {self.index} --model DIR`.",
+                expected=str(fingerprint), actual=mine,
+            )
+
+    # -------------------------------------------------------------------------------- embedding
+    def embed_query(self, text: str) -> tuple[np.ndarray, bool]:
+        """The query's embedding (from the LRU cache when possible) and whether it was cached."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit, True
+        vec = np.asarray(self.encoder.encode([text], kind="query"), dtype=np.float32)[0]
+        vec.setflags(write=False)
+        self._cache.put(text, vec)
+        return vec, False
+
+    @property
+    def cache_info(self) -> dict[str, int]:
+        """Embedding-cache size and hit/miss counters."""
+        return {"size": len(self._cache), "max_size": self._cache.size, "hits": self._cache.hits,
+                "misses": self._cache.misses}
+
+    # ----------------------------------------------------------------------------------- bodies
+    def _source_filter(self) -> dict[str, Any]:
+        return {"excludes": [self.vector_field]}
+
+    def _knn_body(self, vector: np.ndarray, depth: int, num_candidates: int,
+                  filters: list[dict[str, Any]]) -> dict[str, Any]:
+        knn: dict[str, Any] = {"field": self.vector_field, "query_vector": vector.tolist(), "k": depth,
+                               "num_candidates": num_candidates}
+        if filters:
+            knn["filter"] = filters
+        return {"knn": knn, "size": depth, "_source": self._source_filter(), "track_total_hits": False}
+
+    def _bm25_body(self, text: str, depth: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+        match = {"multi_match": {"query": text, "fields": list(self.text_fields), "type": self.config.bm25_type}}
+        return {"query": {"bool": {"must": [match], "filter": filters}}, "size": depth,
+                "_source": self._source_filter(), "track_total_hits": False}
+
+    # ----------------------------------------------------------------------------------- search
+    def _validate(self, text: Any, k: Any, mode: Any, budget_ms: Any, num_candidates: Any) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"the query text must be a non-empty string, got {text!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
+            raise ConfigError(f"k={k!r} must be an integer between 1 and {self.config.max_k}")
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r} is unknown; use one of {MODES}")
+        if mode != "bm25" and self.encoder is None:
+            raise ConfigError(f"mode={mode!r} needs a query encoder; this hook was built without one (bm25 only)")
+        if budget_ms is not None:
+            if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not (
+                0 < budget_ms <= self.config.max_budget_ms
+            ):
+                raise ConfigError(
+                    f"budget_ms={budget_ms!r} must be a number of milliseconds in (0, {self.config.max_budget_ms:g}]"
+                )
+        if num_candidates is not None and (
+            isinstance(num_candidates, bool) or not isinstance(num_candidates, int)
+            or not k <= num_candidates <= _MAX_NUM_CANDIDATES
+        ):
+            raise ConfigError(f"num_candidates={num_candidates!r} must be an integer between k={k} and "
+                              f"{_MAX_NUM_CANDIDATES}")
+
+    def _retrieve(self, text: str, vector: np.ndarray | None, mode: str, depth: int, num_candidates: int,
+                  filters: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """The raw hit lists: [knn] / [bm25] / [bm25, knn]."""
+        if mode == "knn":
+            body = self._knn_body(vector, depth, num_candidates, filters)  # type: ignore[arg-type]
+            return [self._es_call("kNN search", lambda: self._es.search(index=self.index, **body))["hits"]["hits"]]
+        if mode == "bm25":
+            body = self._bm25_body(text, depth, filters)
+            return [self._es_call("BM25 search", lambda: self._es.search(index=self.index, **body))["hits"]["hits"]]
+        searches = [{}, self._bm25_body(text, depth, filters), {},
+                    self._knn_body(vector, depth, num_candidates, filters)]  # type: ignore[arg-type]
+        resp = self._es_call("hybrid search", lambda: self._es.msearch(index=self.index, searches=searches))
+        out = []
+        for name, item in zip(("BM25", "kNN"), resp["responses"]):
+            if "error" in item:
+                status = item.get("status", 0)
+                reason = _reason_from_body(item["error"])
+                if status == 404:
+                    raise ConfigError(f"index {self.index!r} does not exist ({reason}); create and fill it first")
+                if status == 400:
+                    raise ConfigError(f"Elasticsearch rejected the {name} part of the hybrid search on "
+                                      f"{self.index!r}: {reason}. Check the filters and parameters.")
+                raise ElasticsearchUnavailable(f"the {name} part of the hybrid search failed ({status}): {reason}")
+            out.append(item["hits"]["hits"])
+        return out
+
+    def search(
+        self,
+        text: str,
+        *,
+        k: int = 10,
+        mode: str = "knn",
+        filters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        rerank: bool | None = None,
+        ab_key: str | None = None,
+        arm: str | None = None,
+        budget_ms: float | None = None,
+        num_candidates: int | None = None,
+    ) -> SearchResponse:
+        """Search the index.
+
+        Args:
+            text: the query.
+            k: hits to return (1..``config.max_k``).
+            mode: ``knn`` (student vectors), ``bm25`` (text fields) or ``hybrid`` (both, fused).
+            filters: Elasticsearch query clause(s) every hit must match (e.g. ``{"term": {"lang": "en"}}``).
+            rerank: force the teacher rerank on (``True``) or off (``False``); ``None`` lets the A/B arm
+                decide (no rerank outside an experiment).
+            ab_key: the user or session id that picks the A/B arm.
+            arm: force this arm (a per-request override of the assignment).
+            budget_ms: the request's deadline in ms from the call; the rerank stops when it is spent
+                and the student's order is kept for the rest (``config.default_budget_ms`` when None).
+            num_candidates: kNN candidates per shard (default from ``config``); at least ``k``.
+
+        Returns:
+            A :class:`SearchResponse`.
+
+        Raises:
+            ConfigError: a bad argument (the message names it), no such index, or a filter
+                Elasticsearch rejects.
+            FingerprintError: the encoder did not make the index's vectors.
+            ElasticsearchUnavailable: Elasticsearch is down, refuses us, or does not answer in time.
+        """
+        t0 = self._clock()
+        budget_ms = self.config.default_budget_ms if budget_ms is None else budget_ms
+        self._validate(text, k, mode, budget_ms, num_candidates)
+        flist = _filters_list(filters)
+
+        chosen: Arm | None = None
+        if arm is not None and self.ab is None:
+            raise ConfigError(f"arm={arm!r} given but this hook runs no A/B test; pass ab=ABTest(...)")
+        if self.ab is not None:
+            chosen = self.ab.resolve(ab_key, override=arm)
+        interleave = bool(chosen and chosen.interleave) and rerank is not False
+        want_rerank = rerank if rerank is not None else bool(chosen and (chosen.rerank or chosen.interleave))
+        if rerank and self.rerank_stage is None:
+            raise ConfigError("rerank=True but this hook has no reranker; build it with reranker=load_reranker(DIR)")
+        deadline = None if budget_ms is None else t0 + float(budget_ms) / 1000.0
+
+        self._load_meta()
+        timings = {"embed": 0.0, "es": 0.0, "fuse": 0.0, "rerank": 0.0, "total": 0.0}
+        top_n = self.config.rerank.top_n
+        depth = max(k, top_n) if want_rerank and self.rerank_stage is not None else k
+
+        vector, cached = None, False
+        if mode != "bm25":
+            t = self._clock()
+            vector, cached = self.embed_query(text)
+            timings["embed"] = (self._clock() - t) * 1000.0
+        fetch = depth if mode != "hybrid" else max(depth, self.config.fusion_depth)
+        nc = num_candidates if num_candidates is not None else self.config.num_candidates
+        nc = min(_MAX_NUM_CANDIDATES, max(nc if nc is not None else max(100, math.ceil(1.5 * fetch)), fetch))
+        t = self._clock()
+        lists = self._retrieve(text, vector, mode, fetch, nc, flist)
+        timings["es"] = (self._clock() - t) * 1000.0
+        self._check_physical(lists)
+
+        t = self._clock()
+        by_id: dict[str, dict[str, Any]] = {}
+        for hits in lists:
+            for h in hits:
+                by_id.setdefault(h["_id"], h)
+        if mode == "hybrid":
+            ranked = [[(h["_id"], float(h["_score"] or 0.0)) for h in hits] for hits in lists]
+            w = self.config.linear_weight
+            fused = fuse(ranked, method=self.config.fusion, rrf_k=self.config.rrf_k,
+                         weights=None if self.config.fusion == "rrf" else [1.0 - w, w])
+            order = [(doc_id, score) for doc_id, score in fused[:depth]]
+            timings["fuse"] = (self._clock() - t) * 1000.0
+        else:
+            order = [(h["_id"], float(h["_score"] or 0.0)) for h in lists[0][:depth]]
+
+        outcome = RerankOutcome(reason=REASON_NOT_REQUESTED)
+        rerank_scores: dict[str, float] = {}
+        student_ids = [d for d, _ in order]
+        final_ids = student_ids
+        if want_rerank and self.rerank_stage is None:
+            outcome = RerankOutcome(reason=REASON_NO_RERANKER)
+        elif want_rerank:
+            t = self._clock()
+            head = student_ids[:top_n]
+            texts = [self._text_of(by_id[d].get("_source") or {}) for d in head]
+            result = self.rerank_stage.run(text, texts, deadline=deadline)  # type: ignore[union-attr]
+            outcome = result.outcome
+            rerank_scores = {head[i]: s for i, s in enumerate(result.scores) if s is not None}
+            final_ids = [head[i] for i in result.order] + student_ids[len(head):]
+            timings["rerank"] = (self._clock() - t) * 1000.0
+
+        query_id = uuid.uuid4().hex
+        teams: dict[str, str] = {}
+        if interleave and self.rerank_stage is not None:
+            il = team_draft_interleave(student_ids, final_ids, seed=query_id, k=k,
+                                       names=self.config.interleave_names)
+            final_ids = list(il.ids)
+            teams = dict(zip(il.ids, il.teams))
+            variant = "interleaved"
+        else:
+            variant = "student+rerank" if outcome.count > 0 else "student"
+
+        score_of = dict(order)
+        hits_out = []
+        for rank, doc_id in enumerate(final_ids[:k], start=1):
+            raw = by_id[doc_id]
+            hits_out.append(Hit(id=doc_id, score=score_of[doc_id], rank=rank, source=raw.get("_source") or {},
+                                rerank_score=rerank_scores.get(doc_id), team=teams.get(doc_id),
+                                index=raw.get("_index")))
+        timings["total"] = (self._clock() - t0) * 1000.0
+        response = SearchResponse(
+            query_id=query_id, query=text, mode=mode, k=k, hits=hits_out, variant=variant,
+            arm=chosen.name if chosen else None, rerank=outcome, timings=timings, embedding_cached=cached,
+        )
+        if self.exposure_log is not None:
+            extra: dict[str, Any] = {"mode": mode, "variant": variant, "reranked": outcome.reranked}
+            if teams:
+                extra["names"] = list(self.config.interleave_names)
+            self.exposure_log.record(query_id=query_id, key=ab_key, arm=response.arm, shown=response.ids,
+                                     teams=[h.team for h in hits_out] if teams else None, **extra)
+        return response
+
+    def _text_of(self, source: Mapping[str, Any]) -> str:
+        parts = [str(source[f]) for f in self.text_fields if source.get(f)]
+        return " ".join(parts)
+
+    def _check_physical(self, lists: list[list[dict[str, Any]]]) -> None:
+        """Re-check the model when hits come from a physical index not checked yet (alias moved)."""
+        seen = {h.get("_index") for hits in lists for h in hits}
+        if seen - self._checked - {None}:
+            logger.info("index %s now serves from %s: checking the model again", self.index, sorted(seen - self._checked))
+            self._load_meta(force=True)
+
+
+def _reason_from_body(error: Any) -> str:
+    if isinstance(error, Mapping):
+        root = error.get("root_cause") or []
+        if root and isinstance(root[0], Mapping) and root[0].get("reason"):
+            return str(root[0]["reason"])
+        return str(error.get("reason") or error.get("type") or error)
+    return str(error)
+
+
+def _reason(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping) and "error" in body:
+        return _reason_from_body(body["error"])
+    return str(getattr(exc, "message", exc))

@@ -68,6 +68,8 @@ class ServiceSettings:
         es_url: Elasticsearch URL; None: ``ESDISTILL_ES_URL`` or the default.
         es_timeout_s: per-request timeout towards Elasticsearch.
         es_max_retries: retries of a failed Elasticsearch request before answering 503.
+        ingest_retry_s: how long an ingest request retries transient Elasticsearch failures (429,
+            5xx, lost connections) before answering 503; nothing confirmed is lost.
         api_keys: accepted API keys (secret; kept as digests). Empty with no file: auth is off.
         api_key_file: a file with one API key per line (``#`` comments allowed).
         max_body_bytes: largest request body accepted (413 above it).
@@ -95,6 +97,7 @@ class ServiceSettings:
     es_url: str | None = None
     es_timeout_s: float = 10.0
     es_max_retries: int = 1
+    ingest_retry_s: float = 30.0
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None
     max_body_bytes: int = 1 << 20
@@ -134,6 +137,7 @@ class ServiceSettings:
         need(isinstance(self.port, int) and 0 <= self.port <= 65535,
              f"port={self.port!r} is not a TCP port: use 1..65535 (0 picks a free one)")
         need(_positive(self.es_timeout_s), f"es_timeout_s={self.es_timeout_s!r} must be a positive number")
+        need(_positive(self.ingest_retry_s), f"ingest_retry_s={self.ingest_retry_s!r} must be a positive number")
         need(isinstance(self.es_max_retries, int) and 0 <= self.es_max_retries <= 10,
              f"es_max_retries={self.es_max_retries!r} must be an integer in 0..10")
         need(isinstance(self.max_body_bytes, int) and 1024 <= self.max_body_bytes <= 1 << 30,

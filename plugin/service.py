@@ -1,0 +1,614 @@
+"""The HTTP service behind ``esdistill serve``: search, ingest and index info over a versioned JSON API.
+
+Needs the ``serve`` extra (FastAPI and uvicorn), imported only here; ``import esdistill.plugin`` never
+imports a web framework. Routes:
+
+=========================  =====================================================================
+``POST /v1/search``        kNN / hybrid / BM25 search, optional teacher rerank, A/B arms
+``POST /v1/ingest``        embed and index a batch of documents
+``GET /v1/index/{name}``   the alias, its physical indices and their models (name must be ours)
+``GET /healthz``           the process is alive (no Elasticsearch call)
+``GET /readyz``            Elasticsearch reachable, the index present, the model matches its vectors
+``GET /metrics``           Prometheus text format
+``GET /openapi.json``      the OpenAPI schema of all of the above
+=========================  =====================================================================
+
+Every error is JSON ``{"error": {"type", "message", "details"}}``: 422 for a request that does not
+match the schema (``details`` lists every problem), 400 for a request Elasticsearch or the hooks
+refuse, 401/403 for a missing/wrong API key, 413 for a body above the limit, 429 from the rate
+limit, and **503 when Elasticsearch is unavailable** (with ``Retry-After``). ``/readyz`` turns false
+while Elasticsearch is down and true again by itself when it comes back.
+
+Example:
+    >>> from esdistill.plugin.service import create_app                  # doctest: +SKIP
+    >>> app = create_app(ServiceSettings(index="docs", model="runs/student-int8"))  # doctest: +SKIP
+"""
+
+# No ``from __future__ import annotations`` here on purpose: the request models are built inside
+# create_app (their limits come from the settings), and FastAPI/pydantic must see real types.
+
+import dataclasses
+import json
+import logging
+import math
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from esdistill.plugin._errors import (
+    ConfigError,
+    ElasticsearchUnavailable,
+    EsdistillError,
+    FingerprintError,
+    ModelError,
+)
+from esdistill.plugin._service_guards import (
+    API_KEY_HEADER,
+    ApiKeyGuard,
+    GuardMiddleware,
+    TokenBucketLimiter,
+    error_body,
+)
+from esdistill.plugin.metrics import CONTENT_TYPE, ServiceMetrics
+from esdistill.plugin.service_settings import ServiceSettings
+
+__all__ = ["API_VERSION", "ServiceState", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "v1"
+_RETRY_AFTER_S = "5"
+#: refused documents listed in one ingest answer (the counts are always complete)
+_MAX_ERRORS = 100
+
+
+def _require_serve_extra():
+    try:
+        import fastapi
+    except ImportError as exc:  # pragma: no cover - the test environment has the extra
+        raise ConfigError(f"the HTTP service needs the serve extra ({exc}); install it with "
+                          "`pip install 'esdistill[serve]'`") from None
+    return fastapi
+
+
+# ---------------------------------------------------------------------------------------------- state
+class ServiceState:
+    """Everything the routes share: the client, the model, the hooks and the metrics.
+
+    Built once by :func:`create_app`; the model is loaded (and its fingerprint verified) up front, so
+    a broken model folder stops the service before it binds its port. Elasticsearch is *not* needed
+    at start: the service starts while it is down, reports not-ready, and recovers by itself.
+    """
+
+    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+        from esdistill.plugin.encoder import OnnxEncoder
+        from esdistill.plugin.es_client import connect
+        from esdistill.plugin.index import IndexManager
+        from esdistill.plugin.query import QueryHook
+
+        self.settings = settings
+        self.metrics = metrics
+        self.encoder = OnnxEncoder(settings.model, threads=settings.threads)
+        self.manifest = self.encoder.manifest
+        self.reranker = None
+        if settings.rerank:
+            from esdistill.plugin.rerank import load_reranker
+
+            self.reranker = load_reranker(settings.rerank, threads=settings.threads)
+        self.ab = None
+        if settings.ab_rerank_share is not None:
+            from esdistill.plugin.ab import ABTest
+
+            share = float(settings.ab_rerank_share)
+            self.ab = ABTest.from_shares({"student": 1.0 - share, "student+rerank": share},
+                                         salt=settings.ab_salt)
+        self.exposure = None
+        if settings.exposure_log:
+            from esdistill.plugin.ab import ExposureLog
+
+            self.exposure = ExposureLog(settings.exposure_log, to_logger=False)
+        self.client = connect(settings.es_url, request_timeout=settings.es_timeout_s, check=False,
+                              max_retries=settings.es_max_retries, retry_on_timeout=False)
+        self.index = IndexManager(self.client, settings.index)
+        self.query = QueryHook(self.client, settings.index, self.encoder, reranker=self.reranker, ab=self.ab,
+                               exposure_log=self.exposure, config=_query_config(settings))
+
+    def ingest(self, documents: list[dict[str, Any]], *, refresh: bool) -> dict[str, Any]:
+        """Embed and index ``documents``; return the summary with the reason of every refused one.
+
+        A hook is built per request: it checks the model against the index (which may have moved to
+        a new physical index since the last request) and fails fast while Elasticsearch is down.
+        """
+        import tempfile
+
+        from esdistill.plugin._bulk import RetryPolicy
+        from esdistill.plugin.ingest import IngestHook
+
+        retry = RetryPolicy(initial_delay=0.2, max_delay=2.0, give_up_after=self.settings.ingest_retry_s)
+        with tempfile.TemporaryDirectory(prefix="esdistill-ingest-") as tmp:
+            dead = Path(tmp) / "dead-letter.jsonl"
+            hook = IngestHook(self.client, self.settings.index, self.encoder, progress=False, refresh=refresh,
+                              dead_letter=dead, retry=retry, request_timeout=self.settings.es_timeout_s,
+                              batch_size=64)
+            summary = _jsonable(hook.ingest(documents, source="http"))
+            errors = []
+            if dead.exists():
+                for line in dead.read_text(encoding="utf-8", errors="replace").splitlines()[:_MAX_ERRORS]:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    errors.append({k: entry.get(k) for k in ("position", "id", "stage", "reason")})
+        summary.pop("dead_letter", None)
+        summary["errors"] = errors
+        return summary
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.exposure is not None:
+                self.exposure.close()
+
+    def _fast_client(self):
+        return self.client.options(request_timeout=min(2.0, self.settings.es_timeout_s), max_retries=0)
+
+    def index_present(self) -> bool | None:
+        """Whether the served index exists (None: Elasticsearch cannot tell us right now)."""
+        from esdistill.plugin.index import IndexManager
+
+        try:
+            return IndexManager(self._fast_client(), self.settings.index).exists()
+        except Exception:  # noqa: BLE001 - any failure here means we cannot know
+            return None
+
+    def readiness(self) -> dict[str, Any]:
+        """Check Elasticsearch, the index and the model; never raises."""
+        checks: dict[str, Any] = {"elasticsearch": False, "index": False, "model": False}
+        reason = None
+        fast = self._fast_client()
+        try:
+            fast.cluster.health(timeout="1s")
+            checks["elasticsearch"] = True
+            from esdistill.plugin.index import IndexManager
+
+            mgr = IndexManager(fast, self.settings.index)
+            if mgr.exists():
+                checks["index"] = True
+                mgr.check_model(self.manifest)
+                checks["model"] = True
+            else:
+                reason = (f"index {self.settings.index!r} does not exist; create it with "
+                          f"`esdistill index create {self.settings.index} --model DIR`")
+        except FingerprintError as exc:
+            reason = str(exc)
+        except EsdistillError as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure to talk to ES means "not ready"
+            kind = _es_failure(exc)
+            reason = (f"Elasticsearch is unavailable ({type(exc).__name__})" if kind == "unavailable"
+                      else f"Elasticsearch answered with an error: {_short(exc)}")
+        ready = all(checks.values())
+        self.metrics.ready.set(1.0 if ready else 0.0)
+        return {"ready": ready, "checks": checks, "reason": reason, "index": self.settings.index,
+                "model": {"name": self.manifest.name, "fingerprint": self.manifest.fingerprint}}
+
+
+def _query_config(settings: ServiceSettings):
+    from esdistill.plugin.query import QueryConfig
+    from esdistill.plugin.rerank import RerankConfig
+
+    rerank = RerankConfig(top_n=settings.rerank_top_n) if settings.rerank_top_n else RerankConfig()
+    return QueryConfig(max_k=settings.max_k, rerank=rerank, default_budget_ms=settings.default_budget_ms,
+                       request_timeout_s=settings.es_timeout_s, max_retries=settings.es_max_retries)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _es_failure(exc: BaseException) -> str | None:
+    """Classify an exception (or what caused it): ``unavailable``, ``not_found``, ``bad_request`` or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        kind = _es_failure_one(exc)
+        if kind is not None:
+            return kind
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
+
+
+def _es_failure_one(exc: BaseException) -> str | None:
+    try:
+        from elastic_transport import ConnectionError as TransportConnectionError
+        from elastic_transport import ConnectionTimeout, TransportError
+        from elasticsearch import ApiError
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, ElasticsearchUnavailable):
+        return "unavailable"
+    if isinstance(exc, (TransportConnectionError, ConnectionTimeout)):
+        return "unavailable"
+    if isinstance(exc, ApiError):
+        status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", 0)
+        if status == 404:
+            return "not_found"
+        if status in (401, 403):
+            return "unavailable"  # our credentials towards ES are wrong: the service cannot work
+        if status and 400 <= status < 500 and status != 429:
+            return "bad_request"
+        return "unavailable"  # 429 / 5xx: the cluster is overloaded or failing
+    if isinstance(exc, TransportError):
+        return "unavailable"
+    return None
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        root = (err.get("root_cause") or [err])[0]
+        if isinstance(root, dict):
+            return f"{root.get('type', 'error')}: {root.get('reason', '')}"[:limit]
+    return f"{type(exc).__name__}: {exc}"[:limit]
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn dataclasses, tuples and non-finite floats into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_dict"):
+            return _jsonable(value.to_dict())
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- app
+def create_app(settings: ServiceSettings):
+    """Build the FastAPI application for ``settings``.
+
+    Args:
+        settings: validated :class:`ServiceSettings`.
+
+    Returns:
+        A ``fastapi.FastAPI`` app (an ASGI callable); run it with uvicorn or :func:`serve`.
+
+    Raises:
+        ConfigError: the serve extra is missing.
+        ModelError / FingerprintError: the model folder is missing, broken or modified.
+    """
+    _require_serve_extra()
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
+
+    metrics = ServiceMetrics()
+    state = ServiceState(settings, metrics)
+    s = settings
+
+    # ------------------------------------------------------------------ schemas
+    class SearchRequest(BaseModel):
+        """A search. ``filters`` are Elasticsearch query clauses applied as filters."""
+
+        model_config = ConfigDict(extra="forbid")
+        query: str = Field(min_length=1, max_length=s.max_query_chars, description="the query text")
+        k: int = Field(10, ge=1, le=s.max_k, description="hits to return")
+        mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
+        filters: list[dict[str, Any]] | dict[str, Any] | None = Field(
+            None, description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}")
+        rerank: bool | None = Field(None, description="rerank with the teacher (default: the A/B arm decides)")
+        ab_key: str | None = Field(None, min_length=1, max_length=256,
+                                   description="user or session id that picks the A/B arm")
+        arm: str | None = Field(None, min_length=1, max_length=100,
+                                description="force this A/B arm (per-request override of the assignment)")
+        budget_ms: float | None = Field(None, gt=0, le=60_000, description="rerank time budget in ms")
+        num_candidates: int | None = Field(None, ge=1, le=s.max_num_candidates,
+                                           description="kNN candidates per shard (>= k)")
+
+        @model_validator(mode="after")
+        def _candidates_cover_k(self):
+            if self.num_candidates is not None and self.num_candidates < self.k:
+                raise ValueError(f"num_candidates ({self.num_candidates}) must be >= k ({self.k})")
+            if not self.query.strip():
+                raise ValueError("query is blank: send some text to search for")
+            return self
+
+    class Hit(BaseModel):
+        id: str
+        score: float = Field(description="retrieval score (kNN similarity, BM25, or fused in hybrid mode)")
+        rank: int = Field(description="1-based position; after a rerank the order follows the teacher")
+        source: dict[str, Any] = Field(description="the stored fields (the vector left out)")
+        rerank_score: float | None = Field(None, description="the teacher's score, when it scored this hit")
+        team: str | None = Field(None, description="for an interleaved list, which ranking contributed the hit")
+
+    class RerankInfo(BaseModel):
+        reranked: Literal["full", "partial", "none"]
+        count: int = Field(description="candidates the teacher scored")
+        candidates: int = Field(description="candidates offered to the teacher")
+        reason: str = Field(description="complete, budget_exhausted, circuit_open, error, not_requested, ...")
+        error: str | None = None
+        ms: float
+
+    class SearchResponse(BaseModel):
+        query_id: str = Field(description="join clicks to the exposure log on it")
+        mode: Literal["knn", "hybrid", "bm25"]
+        k: int
+        variant: str = Field(description="student, student+rerank or interleaved")
+        arm: str | None = Field(description="the A/B arm, or null outside an experiment")
+        hits: list[Hit]
+        rerank: RerankInfo
+        timings_ms: dict[str, float] = Field(description="embed, es, fuse, rerank, total")
+        embedding_cached: bool
+
+    class IngestRequest(BaseModel):
+        """Documents to embed and index (BEIR layout: ``_id``, ``title``, ``text``; other fields are stored)."""
+
+        model_config = ConfigDict(extra="forbid")
+        documents: list[dict[str, Any]] = Field(min_length=1, max_length=s.max_documents)
+        refresh: bool = Field(True, description="make the documents searchable before answering")
+
+    class RefusedDocument(BaseModel):
+        position: int | None = Field(None, description="0-based position of the document in the request")
+        id: Any = None
+        stage: str | None = None
+        reason: str | None = None
+
+    class IngestResponse(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        index: str
+        read: int
+        indexed: int
+        unchanged: int
+        failed: int
+        truncated: int
+        complete: bool
+        errors: list[RefusedDocument] = Field(description=f"why documents were refused (first {_MAX_ERRORS})")
+
+    class ErrorDetail(BaseModel):
+        type: str
+        message: str
+        details: Any = None
+
+    class ErrorResponse(BaseModel):
+        error: ErrorDetail
+
+    class Health(BaseModel):
+        status: str
+
+    class Readiness(BaseModel):
+        ready: bool
+        checks: dict[str, bool]
+        reason: str | None
+        index: str
+        model: dict[str, str]
+
+    def err(code: int, description: str) -> dict[int, dict[str, Any]]:
+        return {code: {"model": ErrorResponse, "description": description}}
+
+    common = {**err(422, "the request does not match the schema"), **err(413, "body too large"),
+              **err(429, "rate limit exceeded"), **err(503, "Elasticsearch unavailable")}
+    if s.auth_enabled:
+        common.update({**err(401, "no API key"), **err(403, "wrong API key")})
+
+    # ------------------------------------------------------------------ app
+    @asynccontextmanager
+    async def lifespan(app):
+        logger.info("esdistill service ready to accept requests (index %s, model %s %s…, auth %s)",
+                    s.index, state.manifest.name, state.manifest.short_fingerprint,
+                    "on" if s.auth_enabled else "off")
+        try:
+            yield
+        finally:
+            logger.info("esdistill service shutting down; closing the Elasticsearch client")
+            state.close()
+
+    app = FastAPI(
+        title="esdistill",
+        version=API_VERSION,
+        description="Search and ingest with a distilled ONNX student over Elasticsearch.",
+        lifespan=lifespan,
+    )
+    app.state.esdistill = state
+
+    def json_error(code: int, kind: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None):
+        return JSONResponse(error_body(kind, message, _jsonable(details)), status_code=code, headers=headers)
+
+    def map_exception(exc: Exception, route: str):
+        """The JSON answer for a failure of a hook; re-raises what is a bug."""
+        kind = _es_failure(exc)
+        if kind == "unavailable":
+            metrics.es_unavailable.inc(route=route)
+            logger.warning("Elasticsearch unavailable during %s: %s", route, _short(exc))
+            return json_error(503, "elasticsearch_unavailable",
+                              f"Elasticsearch is unavailable ({_short(exc, 200)}); retry later",
+                              headers={"Retry-After": _RETRY_AFTER_S})
+        if kind == "not_found":
+            metrics.es_unavailable.inc(route=route)
+            return json_error(503, "index_unavailable",
+                              f"index {s.index!r} is not available in Elasticsearch ({_short(exc, 200)}); "
+                              f"create it with `esdistill index create {s.index} --model DIR`",
+                              headers={"Retry-After": _RETRY_AFTER_S})
+        if kind == "bad_request":
+            return json_error(400, "bad_request", f"Elasticsearch refused the request: {_short(exc)}")
+        if isinstance(exc, FingerprintError):
+            return json_error(503, "model_mismatch", str(exc), headers={"Retry-After": _RETRY_AFTER_S})
+        if isinstance(exc, ConfigError):
+            # the hooks say "bad request" both for a bad filter and for a missing index: ask ES which
+            present = state.index_present()
+            if present is None:
+                metrics.es_unavailable.inc(route=route)
+                return json_error(503, "elasticsearch_unavailable", "Elasticsearch is unavailable; retry later",
+                                  headers={"Retry-After": _RETRY_AFTER_S})
+            if not present:
+                metrics.es_unavailable.inc(route=route)
+                return json_error(503, "index_unavailable", str(exc), headers={"Retry-After": _RETRY_AFTER_S})
+            return json_error(400, "bad_request", str(exc))
+        if isinstance(exc, ModelError):
+            return json_error(503, "model_unavailable", str(exc), headers={"Retry-After": _RETRY_AFTER_S})
+        raise exc
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                    "type": str(e.get("type", ""))} for e in exc.errors()]
+        summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details[:5])
+        return json_error(422, "validation_error", f"invalid request: {summary}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        return json_error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail),
+                          headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_error(500, "internal_error", f"unexpected error ({type(exc).__name__}); see the service log")
+
+    # ------------------------------------------------------------------ routes
+    @app.post(f"/{API_VERSION}/search", response_model=SearchResponse, responses={**common, **err(400, "refused")},
+              tags=["search"], summary="Search the index")
+    def search(body: SearchRequest):
+        started = time.perf_counter()
+        try:
+            result = state.query.search(
+                body.query, k=body.k, mode=body.mode, filters=body.filters, rerank=body.rerank,
+                ab_key=body.ab_key, arm=body.arm, budget_ms=body.budget_ms, num_candidates=body.num_candidates,
+            )
+        except Exception as exc:  # noqa: BLE001 - mapped to a JSON answer, or re-raised
+            return map_exception(exc, "/v1/search")
+        payload = _search_payload(result)
+        arm = payload["arm"] or "none"
+        metrics.search_latency.observe(time.perf_counter() - started, arm=arm, mode=payload["mode"])
+        metrics.rerank.inc(arm=arm, outcome=payload["rerank"]["reranked"])
+        for stage, ms in payload["timings_ms"].items():
+            if stage != "total":
+                metrics.stage_latency.observe(ms / 1000.0, stage=stage)
+        return payload
+
+    @app.post(f"/{API_VERSION}/ingest", response_model=IngestResponse,
+              responses={**common, **err(400, "refused")}, tags=["ingest"], summary="Embed and index documents")
+    def ingest(body: IngestRequest):
+        try:
+            payload = state.ingest(body.documents, refresh=body.refresh)
+        except Exception as exc:  # noqa: BLE001
+            return map_exception(exc, "/v1/ingest")
+        metrics.ingested.inc(payload.get("indexed", 0), result="indexed")
+        metrics.ingested.inc(payload.get("failed", 0), result="failed")
+        return payload
+
+    @app.get(f"/{API_VERSION}/index/{{name}}", responses={**common, **err(404, "not this service's index")},
+             tags=["index"], summary="The index, its versions and their models")
+    def index_info(name: str) -> dict[str, Any]:
+        if name != s.index:
+            return json_error(404, "not_found", f"this service serves index {s.index!r}, not {name[:100]!r}")
+        try:
+            return _jsonable(state.index.info())
+        except Exception as exc:  # noqa: BLE001
+            return map_exception(exc, "/v1/index/{name}")
+
+    @app.get("/healthz", response_model=Health, tags=["ops"], summary="The process is alive")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}},
+             tags=["ops"], summary="Elasticsearch, index and model are usable")
+    def readyz():
+        report = state.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503,
+                            headers=None if report["ready"] else {"Retry-After": _RETRY_AFTER_S})
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], summary="Prometheus metrics")
+    def metrics_route():
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ guards, OpenAPI security
+    def route_of(scope) -> str | None:
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", None)
+        return None
+
+    def protect(path: str) -> bool:
+        return path.startswith(f"/{API_VERSION}/") or (s.metrics_require_key and path == "/metrics")
+
+    limiter = (TokenBucketLimiter(s.rate_limit_per_s, int(s.rate_limit_burst or 1))
+               if s.rate_limit_per_s > 0 else None)
+    app.add_middleware(GuardMiddleware, metrics=metrics, route_of=route_of, guard=ApiKeyGuard(s.key_digests),
+                       limiter=limiter, max_body_bytes=s.max_body_bytes, protect=protect)
+
+    if s.auth_enabled:
+        def openapi_with_security():
+            if app.openapi_schema is None:
+                from fastapi.openapi.utils import get_openapi
+
+                schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                     routes=app.routes)
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}}
+                for path, ops in schema.get("paths", {}).items():
+                    if protect(path):
+                        for op in ops.values():
+                            op["security"] = [{"ApiKey": []}]
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = openapi_with_security  # type: ignore[method-assign]
+    return app
+
+
+def _search_payload(result: Any) -> dict[str, Any]:
+    """The API's search answer from a ``QueryHook`` :class:`SearchResponse`."""
+    hits = [{"id": str(h.id), "score": float(h.score), "rank": int(h.rank), "source": _jsonable(h.source or {}),
+             "rerank_score": None if h.rerank_score is None else float(h.rerank_score), "team": h.team}
+            for h in result.hits]
+    outcome = result.rerank
+    return {
+        "query_id": result.query_id,
+        "mode": result.mode,
+        "k": int(result.k),
+        "variant": result.variant,
+        "arm": result.arm,
+        "hits": hits,
+        "rerank": {"reranked": outcome.reranked, "count": int(outcome.count), "candidates": int(outcome.candidates),
+                   "reason": outcome.reason, "error": outcome.error, "ms": round(float(outcome.ms), 3)},
+        "timings_ms": {str(k): round(float(v), 3) for k, v in result.timings.items()},
+        "embedding_cached": bool(result.embedding_cached),
+    }
+
+
+def serve(settings: ServiceSettings) -> None:
+    """Run the service with uvicorn until SIGTERM/SIGINT, then shut down gracefully.
+
+    In-flight requests get ``settings.shutdown_grace_s`` seconds to finish; the lifespan hook then
+    closes the Elasticsearch client.
+
+    Raises:
+        ConfigError: the serve extra is missing.
+        ModelError: the model folder is unusable.
+    """
+    _require_serve_extra()
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s or None, lifespan="on",
+        limit_concurrency=None, server_header=False,
+    )
+    server = uvicorn.Server(config)
+    logger.info("serving on http://%s:%d (index %s)", settings.host, settings.port, settings.index)
+    server.run()
+    logger.info("service stopped")

@@ -1,12 +1,250 @@
-"""Command group (placeholder until its module lands; registers nothing yet)."""
+"""``esdistill index create|info|reindex|rollback|prune`` and ``esdistill ingest``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from esdistill.plugin._errors import ConfigError, ModelError
 
 __all__ = ["register"]
 
+logger = logging.getLogger(__name__)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from esdistill.plugin.es_client import connect
+
+    return connect(args.es_url)
+
+
+def _model_dir(ref: str) -> Path:
+    from esdistill.plugin.models import resolve_model
+
+    path = resolve_model(ref)
+    if not isinstance(path, Path):
+        raise ModelError(f"{ref!r} is not a local model folder; export it first with "
+                         f"`esdistill export {ref} --out DIR` and pass DIR")
+    return path
+
+
+def _manifest(ref: str) -> Any:
+    from esdistill.plugin.manifest import Manifest
+
+    return Manifest.load(_model_dir(ref))
+
+
+def _encoder(args: argparse.Namespace) -> Any:
+    from esdistill.plugin.encoder import OnnxEncoder
+
+    return OnnxEncoder(_model_dir(args.model), threads=args.threads)
+
+
+def _fields(text: str) -> tuple[str, ...]:
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not fields:
+        raise ConfigError(f"--text-fields {text!r}: give comma-separated field names, e.g. title,text")
+    return fields
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from esdistill.plugin.index import IndexSpec
+
+    return IndexSpec(vector_field=args.vector_field, text_fields=_fields(args.text_fields),
+                     index_options=args.index_options, m=args.m, ef_construction=args.ef_construction,
+                     number_of_shards=args.shards, number_of_replicas=args.replicas)
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload) if args.json else text)
+
+
+# ---------------------------------------------------------------------- index
+def _create(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+
+    manifest = _manifest(args.model)
+    mgr = IndexManager(_client(args), args.name)
+    physical = mgr.create(manifest, _spec(args))
+    _emit(args, {"alias": args.name, "index": physical, "model": manifest.name,
+                 "model_fingerprint": manifest.fingerprint, "dims": manifest.dims},
+          f"created {physical} behind alias {args.name} for model {manifest.name} "
+          f"({manifest.short_fingerprint}…, {manifest.dims} dims, {args.index_options})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+
+    info = IndexManager(_client(args), args.name).info()
+    lines = [f"alias {info.alias} -> {info.current}"]
+    for v in info.versions:
+        mark = "*" if v.current else " "
+        lines.append(f" {mark} {v.index}  docs={v.docs}  model={v.model_name} ({v.model_fingerprint[:12]}…, "
+                     f"{v.dims} dims)  {v.index_options}  created {v.created_at}")
+    _emit(args, info.to_dict(), "\n".join(lines))
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+
+    mgr = IndexManager(_client(args), args.name)
+    result = mgr.reindex(_encoder(args), index_options=args.index_options, m=args.m,
+                         ef_construction=args.ef_construction, number_of_replicas=args.replicas,
+                         batch_size=args.batch_size, progress=False if args.no_progress else None,
+                         dead_letter=args.dead_letter)
+    _emit(args, result.to_dict(),
+          f"re-embedded {result.docs} documents into {result.new_index} in {result.seconds:.1f} s; alias "
+          f"{result.alias} -> {result.new_index} (roll back with `esdistill index rollback {result.alias}`)")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+
+    old, new = IndexManager(_client(args), args.name).rollback(to=args.to)
+    _emit(args, {"alias": args.name, "from": old, "to": new}, f"alias {args.name}: {old} -> {new}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+
+    deleted = IndexManager(_client(args), args.name).prune(keep=args.keep)
+    _emit(args, {"alias": args.name, "deleted": deleted},
+          f"deleted {', '.join(deleted)}" if deleted else "nothing to delete")
+    return 0
+
+
+# ---------------------------------------------------------------------- ingest
+def _ingest(args: argparse.Namespace) -> int:
+    from esdistill.plugin.index import IndexManager
+    from esdistill.plugin.ingest import IngestHook, default_checkpoint_path
+
+    client = _client(args)
+    encoder = _encoder(args)
+    mgr = IndexManager(client, args.index)
+    text_fields = _fields(args.text_fields) if args.text_fields else None
+    if not mgr.exists():
+        if args.no_create:
+            raise ConfigError(f"index {args.index!r} does not exist; create it with `esdistill index create` "
+                              "or drop --no-create")
+        spec = _spec_for_ingest(args, text_fields)
+        physical = mgr.create(encoder.manifest, spec)
+        logger.info("created index %s (%s) for model %s", args.index, physical, encoder.manifest.name)
+    stdin = args.file == "-"
+    if args.no_checkpoint or (stdin and not args.checkpoint):
+        checkpoint = None
+    else:
+        checkpoint = args.checkpoint or default_checkpoint_path(args.file, args.index)
+    hook = IngestHook(client, args.index, encoder, text_fields=text_fields, id_field=args.id_field,
+                      batch_size=args.batch_size, dead_letter=args.dead_letter, checkpoint=checkpoint,
+                      progress=False if args.no_progress else None)
+    if stdin:
+        summary = hook.ingest_stream(sys.stdin.buffer, source="stdin")
+    else:
+        summary = hook.ingest_jsonl(args.file)
+    _emit(args, summary.to_dict(), summary.format())
+    return 0
+
+
+def _spec_for_ingest(args: argparse.Namespace, text_fields: tuple[str, ...] | None) -> Any:
+    from esdistill.plugin.index import IndexSpec
+
+    return IndexSpec(text_fields=text_fields or ("title", "text"), index_options=args.index_options)
+
+
+# ---------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--es-url", default=None, help="cluster URL (default: ESDISTILL_ES_URL or http://127.0.0.1:9200)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _layout(p: argparse.ArgumentParser, *, for_reindex: bool) -> None:
+    from esdistill.plugin.index import INDEX_OPTIONS
+
+    default = None if for_reindex else "int8_hnsw"
+    p.add_argument("--index-options", choices=INDEX_OPTIONS, default=default,
+                   help="dense_vector index type" + (" (default: as now)" if for_reindex else " (default int8_hnsw)"))
+    p.add_argument("--m", type=int, default=None, help="HNSW graph degree (default: Elasticsearch's)")
+    p.add_argument("--ef-construction", type=int, default=None, help="HNSW build candidates (default: Elasticsearch's)")
+    p.add_argument("--replicas", type=int, default=None if for_reindex else 0,
+                   help="number_of_replicas" + (" (default: as now)" if for_reindex else " (default 0)"))
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's commands to the ``esdistill`` parser."""
-    return None
+    """Add ``index`` and ``ingest`` to the ``esdistill`` parser."""
+    idx = sub.add_parser("index", help="create, inspect, re-embed (blue/green) and roll back esdistill indices")
+    isub = idx.add_subparsers(dest="index_cmd", required=True)
+
+    c = isub.add_parser("create", help="create NAME-000001 for a model's vectors, behind the alias NAME")
+    c.add_argument("name", help="the alias users search and ingest into")
+    c.add_argument("--model", required=True, help="exported model folder (has manifest.json)")
+    c.add_argument("--vector-field", default="embedding", help="dense_vector field (default embedding)")
+    c.add_argument("--text-fields", default="title,text", help="text fields, comma-separated (default title,text)")
+    c.add_argument("--shards", type=int, default=1, help="primary shards (default 1)")
+    _layout(c, for_reindex=False)
+    _common(c)
+    c.set_defaults(func=_create)
+
+    i = isub.add_parser("info", help="show the alias, its versions, their models and document counts")
+    i.add_argument("name")
+    _common(i)
+    i.set_defaults(func=_info)
+
+    r = isub.add_parser("reindex", help="blue/green: re-embed all documents with --model into a new version, "
+                                        "verify counts, swap the alias atomically (the old version stays)")
+    r.add_argument("name")
+    r.add_argument("--model", required=True, help="exported model folder of the new model")
+    r.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    r.add_argument("--batch-size", type=int, default=256, help="documents per chunk (default 256)")
+    r.add_argument("--dead-letter", default=None, help="JSONL file for documents the new index refuses")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _layout(r, for_reindex=True)
+    _common(r)
+    r.set_defaults(func=_reindex)
+
+    b = isub.add_parser("rollback", help="point the alias back at the previous version (one atomic call)")
+    b.add_argument("name")
+    b.add_argument("--to", default=None, help="a specific version, e.g. NAME-000001 (default: the previous one)")
+    _common(b)
+    b.set_defaults(func=_rollback)
+
+    p = isub.add_parser("prune", help="delete old versions, keeping the current one and --keep others")
+    p.add_argument("name")
+    p.add_argument("--keep", type=int, default=1, help="older versions to keep for rollback (default 1)")
+    _common(p)
+    p.set_defaults(func=_prune)
+
+    g = sub.add_parser("ingest", help="embed a JSONL file (BEIR corpus.jsonl works) into an index")
+    g.add_argument("file", help="JSONL input, one document per line ('-' reads stdin)")
+    g.add_argument("--index", required=True, help="index (alias) to write; created when missing")
+    g.add_argument("--model", required=True, help="exported model folder (has manifest.json)")
+    g.add_argument("--id-field", default="_id", help="field holding the document id (default _id); "
+                                                      "documents without it get their content hash")
+    g.add_argument("--text-fields", default=None,
+                   help="fields to embed, comma-separated (default: the index's, title,text for a new one)")
+    g.add_argument("--dead-letter", default=None, help="JSONL file for bad documents, with reasons")
+    g.add_argument("--checkpoint", default=None,
+                   help="progress file for resuming after a crash (default: one per input and index under "
+                        "~/.local/state/esdistill/checkpoints; deleted when a run completes)")
+    g.add_argument("--no-checkpoint", action="store_true", help="do not keep a checkpoint")
+    g.add_argument("--batch-size", type=int, default=256, help="documents per chunk (default 256)")
+    g.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    g.add_argument("--index-options", choices=_index_options(), default="int8_hnsw",
+                   help="dense_vector index type when the index is created here (default int8_hnsw)")
+    g.add_argument("--no-create", action="store_true", help="fail when the index does not exist")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(g)
+    g.set_defaults(func=_ingest)
+
+
+def _index_options() -> tuple[str, ...]:
+    from esdistill.plugin.index import INDEX_OPTIONS
+
+    return INDEX_OPTIONS

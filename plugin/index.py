@@ -1,0 +1,582 @@
+"""Index management: versioned physical indices behind an alias, blue/green re-embedding, rollback.
+
+An esdistill index is an **alias** (the name users search and ingest into) that points at one
+**physical index** ``<alias>-000001``, ``<alias>-000002``, ... Each physical index holds the vectors
+of exactly one model, and says which in its mapping ``_meta`` (model fingerprint, name, dims,
+similarity, text fields, vector field). A model whose fingerprint or dims differ is refused by
+:meth:`IndexManager.check_model`, which ingestion and search both call.
+
+Changing the model is a **blue/green re-embedding**: :meth:`IndexManager.reindex` builds the next
+physical index from the documents' stored text (read through a point-in-time), verifies the counts,
+then moves the alias in one atomic ``_aliases`` call. The old index stays for
+:meth:`IndexManager.rollback`::
+
+    >>> mgr = IndexManager(client, "scifact")                           # doctest: +SKIP
+    >>> mgr.create(Manifest.load("runs/minilm-int8"))                   # doctest: +SKIP
+    'scifact-000001'
+    >>> mgr.reindex(OnnxEncoder("runs/distilled-int8")).new_index       # doctest: +SKIP
+    'scifact-000002'
+    >>> mgr.rollback()                                                  # doctest: +SKIP
+    ('scifact-000002', 'scifact-000001')
+
+Writes that reach the old index while a reindex runs are detected (its count changes) and the swap
+is refused; re-run the reindex, or ingest again after the swap (ids are stable, so it is safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from esdistill.plugin._errors import ConfigError, FingerprintError, IngestError
+from esdistill.plugin.documents import RESERVED_FIELDS
+from esdistill.plugin.manifest import Manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from esdistill.plugin.ingest import IngestSummary
+
+__all__ = [
+    "INDEX_OPTIONS",
+    "META_FORMAT",
+    "IndexInfo",
+    "IndexManager",
+    "IndexMeta",
+    "IndexSpec",
+    "ReindexResult",
+    "VersionInfo",
+    "build_index_body",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``dense_vector`` index_options types esdistill accepts (Elasticsearch 9.x)
+INDEX_OPTIONS = ("int8_hnsw", "hnsw", "flat", "int8_flat", "int4_hnsw", "int4_flat", "bbq_hnsw", "bbq_flat")
+#: version of the ``_meta`` layout below
+META_FORMAT = 1
+_HNSW = ("int8_hnsw", "hnsw", "int4_hnsw", "bbq_hnsw")
+_VERSION_DIGITS = 6
+_BAD_NAME = re.compile(r'[\\/*?"<>| ,#:A-Z]')
+
+
+def _check_alias_name(name: str) -> str:
+    if not name or _BAD_NAME.search(name) or name.startswith(("-", "_", "+")) or name in (".", ".."):
+        raise ConfigError(
+            f"index name {name!r} is not valid in Elasticsearch: use lowercase letters, digits, '-', '_' "
+            "and '.', not starting with '-', '_' or '+'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How a physical index is laid out (everything except the model, which comes from a manifest).
+
+    Attributes:
+        vector_field: name of the ``dense_vector`` field.
+        text_fields: fields mapped as ``text`` (BM25) and embedded, in this order.
+        index_options: ``dense_vector`` index type, one of :data:`INDEX_OPTIONS`.
+        m: HNSW graph degree (HNSW types only; ``None`` = Elasticsearch's default).
+        ef_construction: HNSW build candidates (HNSW types only; ``None`` = default).
+        number_of_shards: primary shards.
+        number_of_replicas: replicas (0 on a single node, else the index never turns green).
+        analyzer: analyzer of the text fields (``standard``: the integ-test node has no others).
+        extra_properties: mappings for other fields you want searchable (filters, facets). Other
+            fields of your documents are stored but not indexed (``dynamic: false``).
+
+    Raises:
+        ConfigError: an invalid combination (the message names it).
+    """
+
+    vector_field: str = "embedding"
+    text_fields: tuple[str, ...] = ("title", "text")
+    index_options: str = "int8_hnsw"
+    m: int | None = None
+    ef_construction: int | None = None
+    number_of_shards: int = 1
+    number_of_replicas: int = 0
+    analyzer: str = "standard"
+    extra_properties: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text_fields", tuple(self.text_fields))
+        problems = []
+        if self.index_options not in INDEX_OPTIONS:
+            problems.append(f"index_options={self.index_options!r} (choose one of {', '.join(INDEX_OPTIONS)})")
+        if self.index_options not in _HNSW and (self.m is not None or self.ef_construction is not None):
+            problems.append(f"m/ef_construction only apply to HNSW types, not {self.index_options!r}")
+        if self.m is not None and not 2 <= self.m <= 512:
+            problems.append(f"m={self.m} (expected 2..512)")
+        if self.ef_construction is not None and not 10 <= self.ef_construction <= 3200:
+            problems.append(f"ef_construction={self.ef_construction} (expected 10..3200)")
+        if self.number_of_shards < 1:
+            problems.append(f"number_of_shards={self.number_of_shards} (expected >= 1)")
+        if self.number_of_replicas < 0:
+            problems.append(f"number_of_replicas={self.number_of_replicas} (expected >= 0)")
+        if not self.text_fields or any(not f or not isinstance(f, str) for f in self.text_fields):
+            problems.append(f"text_fields={self.text_fields!r} (give one or more field names)")
+        reserved = {self.vector_field, *RESERVED_FIELDS}
+        clash = reserved & (set(self.text_fields) | set(self.extra_properties))
+        if clash:
+            problems.append(f"fields {sorted(clash)} are reserved for esdistill")
+        if not self.vector_field or self.vector_field.startswith("_"):
+            problems.append(f"vector_field={self.vector_field!r} (a non-empty name not starting with '_')")
+        if problems:
+            raise ConfigError("invalid index settings: " + "; ".join(problems))
+
+
+@dataclass
+class IndexMeta:
+    """What an esdistill physical index says about itself (its mapping ``_meta``)."""
+
+    model_fingerprint: str
+    model_name: str
+    dims: int
+    similarity: str
+    vector_field: str
+    text_fields: tuple[str, ...]
+    index_options: str
+    alias: str = ""
+    quantization: str = "none"
+    max_seq_length: int = 0
+    previous_index: str | None = None
+    created_at: str = ""
+    esdistill_format: int = META_FORMAT
+
+    def to_meta(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["text_fields"] = list(self.text_fields)
+        return out
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None, index: str) -> IndexMeta:
+        """Parse a mapping ``_meta``; raise :class:`ConfigError` when it is not esdistill's."""
+        if not meta or "model_fingerprint" not in meta or "esdistill_format" not in meta:
+            raise ConfigError(
+                f"index {index!r} was not created by esdistill (its mapping _meta has no model "
+                "fingerprint), so esdistill cannot tell which model made its vectors. Create an index with "
+                "`esdistill index create NAME --model DIR`."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in meta.items() if k in known}
+        values["text_fields"] = tuple(values.get("text_fields") or ())
+        return cls(**values)
+
+
+@dataclass
+class VersionInfo:
+    """One physical index behind an alias."""
+
+    index: str
+    docs: int
+    current: bool
+    model_name: str
+    model_fingerprint: str
+    dims: int
+    index_options: str
+    created_at: str
+    previous_index: str | None
+
+
+@dataclass
+class IndexInfo:
+    """An alias and its physical indices (oldest first)."""
+
+    alias: str
+    current: str
+    versions: list[VersionInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ReindexResult:
+    """Outcome of a blue/green re-embedding."""
+
+    alias: str
+    old_index: str
+    new_index: str
+    docs: int
+    seconds: float
+    summary: IngestSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}
+        out["summary"] = self.summary.to_dict()
+        return out
+
+
+def build_index_body(manifest: Manifest, spec: IndexSpec, *, alias: str = "",
+                     previous_index: str | None = None) -> dict[str, Any]:
+    """The ``settings`` and ``mappings`` of a physical index for ``manifest``'s vectors.
+
+    Example:
+        >>> body = build_index_body(manifest, IndexSpec(index_options="hnsw"))   # doctest: +SKIP
+        >>> body["mappings"]["properties"]["embedding"]["dims"]                   # doctest: +SKIP
+        384
+    """
+    if manifest.kind != "bi-encoder":
+        raise ConfigError(f"model {manifest.name!r} is a {manifest.kind}; an index needs a bi-encoder's vectors")
+    options: dict[str, Any] = {"type": spec.index_options}
+    if spec.m is not None:
+        options["m"] = spec.m
+    if spec.ef_construction is not None:
+        options["ef_construction"] = spec.ef_construction
+    meta = IndexMeta(
+        model_fingerprint=manifest.fingerprint, model_name=manifest.name, dims=int(manifest.dims),
+        similarity=manifest.similarity, vector_field=spec.vector_field, text_fields=spec.text_fields,
+        index_options=spec.index_options, alias=alias, quantization=manifest.quantization,
+        max_seq_length=int(manifest.max_seq_length), previous_index=previous_index,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    properties: dict[str, Any] = dict(spec.extra_properties)
+    for name in spec.text_fields:
+        properties[name] = {"type": "text", "analyzer": spec.analyzer}
+    properties["content_hash"] = {"type": "keyword"}
+    properties["model_fingerprint"] = {"type": "keyword"}
+    properties[spec.vector_field] = {
+        "type": "dense_vector", "dims": int(manifest.dims), "index": True,
+        "similarity": manifest.similarity, "index_options": options,
+    }
+    return {
+        "settings": {"index": {"number_of_shards": spec.number_of_shards,
+                               "number_of_replicas": spec.number_of_replicas}},
+        "mappings": {"dynamic": False, "_meta": meta.to_meta(), "properties": properties},
+    }
+
+
+class IndexManager:
+    """Create, inspect, re-embed and roll back one esdistill index (an alias).
+
+    Args:
+        client: an ``elasticsearch.Elasticsearch`` client.
+        alias: the index name users see.
+
+    Raises:
+        ConfigError: ``alias`` is not a valid index name.
+    """
+
+    def __init__(self, client: Any, alias: str) -> None:
+        self.client = client
+        self.alias = _check_alias_name(alias)
+        self._version_re = re.compile(re.escape(self.alias) + r"-(\d{%d})$" % _VERSION_DIGITS)
+
+    # ------------------------------------------------------------------ lookups
+    def versions(self) -> list[str]:
+        """Physical indices ``<alias>-NNNNNN`` that exist, oldest first."""
+        found = self.client.indices.get(index=f"{self.alias}-*", allow_no_indices=True,
+                                        expand_wildcards="open", filter_path="*.settings.index.uuid")
+        return sorted(name for name in (found or {}) if self._version_re.fullmatch(name))
+
+    def _alias_targets(self) -> dict[str, Any]:
+        from elasticsearch import NotFoundError
+
+        try:
+            return dict(self.client.indices.get_alias(name=self.alias))
+        except NotFoundError:
+            return {}
+
+    def exists(self) -> bool:
+        """True when the alias (or a plain index of that name) exists."""
+        return bool(self._alias_targets()) or bool(self.client.indices.exists(index=self.alias))
+
+    def current(self) -> str:
+        """The physical index the alias points at (its write index).
+
+        Raises:
+            ConfigError: no such alias or index, or the alias points at several indices.
+        """
+        targets = self._alias_targets()
+        if not targets:
+            if self.client.indices.exists(index=self.alias):
+                return self.alias
+            raise ConfigError(
+                f"no index or alias named {self.alias!r}; create it with "
+                f"`esdistill index create {self.alias} --model DIR`"
+            )
+        if len(targets) == 1:
+            return next(iter(targets))
+        writers = [i for i, body in targets.items()
+                   if body.get("aliases", {}).get(self.alias, {}).get("is_write_index")]
+        if len(writers) == 1:
+            return writers[0]
+        raise ConfigError(f"alias {self.alias!r} points at {sorted(targets)} with no single write index; "
+                          f"fix it with `esdistill index rollback {self.alias} --to INDEX`")
+
+    def meta(self, index: str | None = None) -> IndexMeta:
+        """The esdistill ``_meta`` of ``index`` (default: the current physical index)."""
+        index = index or self.current()
+        mapping = self.client.indices.get_mapping(index=index)
+        body = next(iter(mapping.values()))
+        return IndexMeta.from_meta(body.get("mappings", {}).get("_meta"), index)
+
+    def check_model(self, manifest: Manifest) -> IndexMeta:
+        """Refuse a model that did not make this index's vectors; return the index's meta.
+
+        Ingestion and search call this before they embed anything.
+
+        Raises:
+            FingerprintError: the manifest's fingerprint or dims differ from the index's.
+            ConfigError: the index does not exist or was not created by esdistill.
+        """
+        index = self.current()
+        meta = self.meta(index)
+        problems = []
+        if int(manifest.dims) != int(meta.dims):
+            problems.append(f"dims {manifest.dims} vs the index's {meta.dims}")
+        if manifest.fingerprint != meta.model_fingerprint:
+            problems.append(f"fingerprint {manifest.short_fingerprint}… vs the index's {meta.model_fingerprint[:12]}…")
+        if problems:
+            raise FingerprintError(
+                f"model {manifest.name!r} does not match index {self.alias!r} (physical {index}), whose vectors "
+                f"were made by {meta.model_name!r}: {'; '.join(problems)}. Use the model the index was built "
+                f"with, or re-embed the index with the new one: `esdistill index reindex {self.alias} "
+                "--model DIR`.",
+                expected=meta.model_fingerprint, actual=manifest.fingerprint,
+            )
+        return meta
+
+    def spec_of(self, index: str | None = None) -> IndexSpec:
+        """Rebuild the :class:`IndexSpec` a physical index was created with."""
+        index = index or self.current()
+        meta = self.meta(index)
+        mapping = next(iter(self.client.indices.get_mapping(index=index).values()))["mappings"]
+        props = dict(mapping.get("properties", {}))
+        vec = props.pop(meta.vector_field, {})
+        opts = vec.get("index_options", {})
+        analyzer = "standard"
+        for name in meta.text_fields:
+            analyzer = props.pop(name, {}).get("analyzer", analyzer)
+        for name in RESERVED_FIELDS:
+            props.pop(name, None)
+        settings = self.client.indices.get_settings(index=index)[index]["settings"]["index"]
+        return IndexSpec(
+            vector_field=meta.vector_field, text_fields=meta.text_fields, index_options=meta.index_options,
+            m=opts.get("m") if meta.index_options in _HNSW else None,
+            ef_construction=opts.get("ef_construction") if meta.index_options in _HNSW else None,
+            number_of_shards=int(settings.get("number_of_shards", 1)),
+            number_of_replicas=int(settings.get("number_of_replicas", 0)),
+            analyzer=analyzer, extra_properties=props,
+        )
+
+    def count(self, index: str | None = None) -> int:
+        """Documents in ``index`` (default: the alias), after a refresh."""
+        target = index or self.alias
+        self.client.indices.refresh(index=target)
+        return int(self.client.count(index=target)["count"])
+
+    def info(self) -> IndexInfo:
+        """The alias, its current index and every version with its model and document count."""
+        current = self.current()
+        names = self.versions() or [current]
+        versions = []
+        for name in names:
+            meta = self.meta(name)
+            versions.append(VersionInfo(
+                index=name, docs=int(self.client.count(index=name)["count"]), current=name == current,
+                model_name=meta.model_name, model_fingerprint=meta.model_fingerprint, dims=meta.dims,
+                index_options=meta.index_options, created_at=meta.created_at,
+                previous_index=meta.previous_index,
+            ))
+        return IndexInfo(alias=self.alias, current=current, versions=versions)
+
+    # ------------------------------------------------------------------ changes
+    def _next_name(self) -> str:
+        numbers = [int(self._version_re.fullmatch(v).group(1)) for v in self.versions()]  # type: ignore[union-attr]
+        return f"{self.alias}-{(max(numbers, default=0) + 1):0{_VERSION_DIGITS}d}"
+
+    def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None) -> str:
+        from elasticsearch import ApiError
+
+        name = self._next_name()
+        body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous)
+        try:
+            self.client.indices.create(index=name, settings=body["settings"], mappings=body["mappings"],
+                                       wait_for_active_shards="1")
+        except ApiError as exc:
+            reason = _api_reason(exc)
+            raise ConfigError(f"Elasticsearch refused to create index {name!r}: {reason}. Check the index "
+                              f"settings (index_options={spec.index_options!r}, dims={manifest.dims}).") from None
+        logger.info("created %s for model %s (%s…, %d dims, %s)", name, manifest.name,
+                    manifest.short_fingerprint, manifest.dims, spec.index_options)
+        return name
+
+    def create(self, manifest: Manifest, spec: IndexSpec | None = None) -> str:
+        """Create ``<alias>-000001`` for ``manifest``'s vectors and point the alias at it.
+
+        Returns:
+            The physical index name.
+
+        Raises:
+            ConfigError: the alias or an index of that name exists already (use :meth:`reindex`
+                to change the model), or Elasticsearch refused the settings.
+        """
+        if self.exists():
+            raise ConfigError(
+                f"index {self.alias!r} exists already (see `esdistill index info {self.alias}`); to move it to "
+                f"another model use `esdistill index reindex {self.alias} --model DIR`"
+            )
+        name = self._create_physical(manifest, spec or IndexSpec(), previous=None)
+        self._point_alias_at(name, current=[])
+        return name
+
+    def _point_alias_at(self, target: str, current: list[str]) -> None:
+        actions: list[dict[str, Any]] = [{"remove": {"index": i, "alias": self.alias}} for i in current]
+        actions.append({"add": {"index": target, "alias": self.alias, "is_write_index": True}})
+        self.client.indices.update_aliases(actions=actions)  # one call: atomic
+        logger.info("alias %s -> %s (was %s)", self.alias, target, ", ".join(current) or "nothing")
+
+    def reindex(
+        self,
+        encoder: Any,
+        *,
+        index_options: str | None = None,
+        m: int | None = None,
+        ef_construction: int | None = None,
+        number_of_replicas: int | None = None,
+        batch_size: int = 256,
+        page_size: int = 500,
+        progress: bool | None = None,
+        dead_letter: str | None = None,
+    ) -> ReindexResult:
+        """Blue/green: re-embed every document into a new physical index, verify, swap the alias.
+
+        Args:
+            encoder: the new model (an ``OnnxEncoder``; its manifest goes into the new index).
+            index_options / m / ef_construction / number_of_replicas: change these on the way
+                (default: as in the current index).
+            batch_size: documents per embedding chunk and bulk request.
+            page_size: documents read per point-in-time page.
+            progress: show a progress bar (default: when stderr is a terminal).
+            dead_letter: where documents the new index refused are written.
+
+        Returns:
+            The old and new index names and the ingest summary.
+
+        Raises:
+            ConfigError: the alias is not a versioned esdistill index.
+            IngestError: a document was refused or the counts differ; the alias is left unchanged
+                and the new index is kept for inspection (its name is in the message).
+        """
+        from esdistill.plugin.ingest import IngestHook
+
+        start = time.perf_counter()
+        old = self.current()
+        if not self._version_re.fullmatch(old):
+            raise ConfigError(f"{old!r} is not a versioned esdistill index (<alias>-NNNNNN); only indices made "
+                              "by `esdistill index create` can be re-embedded blue/green")
+        old_meta = self.meta(old)
+        spec = self.spec_of(old)
+        changes: dict[str, Any] = {}
+        if index_options is not None:
+            changes.update(index_options=index_options, m=m, ef_construction=ef_construction)
+        elif m is not None or ef_construction is not None:
+            changes.update(m=m, ef_construction=ef_construction)
+        if number_of_replicas is not None:
+            changes["number_of_replicas"] = number_of_replicas
+        spec = dataclasses.replace(spec, **changes)
+        expected = self.count(old)
+        new = self._create_physical(encoder.manifest, spec, previous=old)
+        hook = IngestHook(self.client, new, encoder, text_fields=old_meta.text_fields, id_field="_id",
+                          batch_size=batch_size, skip_unchanged=False, progress=progress,
+                          dead_letter=dead_letter, description=f"reindex {self.alias}")
+        summary = hook.ingest(self._scan(old, old_meta, page_size=page_size), total=expected)
+        got = self.count(new)
+        after = self.count(old)
+        problems = []
+        if summary.failed:
+            problems.append(f"{summary.failed} document(s) were refused (see the dead-letter file)")
+        if got != expected:
+            problems.append(f"the new index holds {got} documents, the old one {expected}")
+        if after != expected:
+            problems.append(f"the old index changed during the reindex ({expected} -> {after} documents); "
+                            "stop ingesting into it and run the reindex again")
+        if problems:
+            raise IngestError(
+                f"reindex of {self.alias!r} not swapped: {'; '.join(problems)}. The alias still points at "
+                f"{old}; {new} was kept for inspection (delete it when done).",
+                summary=summary,
+            )
+        self._point_alias_at(new, current=list(self._alias_targets()))
+        return ReindexResult(alias=self.alias, old_index=old, new_index=new, docs=got,
+                             seconds=time.perf_counter() - start, summary=summary)
+
+    def _scan(self, index: str, meta: IndexMeta, *, page_size: int) -> Iterator[dict[str, Any]]:
+        """Every document of ``index`` as ``{"_id", ...stored fields}``, through a point-in-time."""
+        pit = self.client.open_point_in_time(index=index, keep_alive="10m")["id"]
+        excludes = [meta.vector_field, *RESERVED_FIELDS]
+        try:
+            after: list[Any] | None = None
+            while True:
+                kwargs: dict[str, Any] = {"search_after": after} if after is not None else {}
+                resp = self.client.search(pit={"id": pit, "keep_alive": "10m"}, size=page_size,
+                                          sort=[{"_shard_doc": "asc"}], track_total_hits=False,
+                                          source_excludes=excludes, **kwargs)
+                pit = resp.get("pit_id", pit)
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                for hit in hits:
+                    yield {"_id": hit["_id"], **hit.get("_source", {})}
+                after = hits[-1]["sort"]
+        finally:
+            try:
+                self.client.close_point_in_time(id=pit)
+            except Exception:  # noqa: BLE001 - the PIT expires by itself
+                logger.debug("could not close point-in-time on %s", index)
+
+    def rollback(self, *, to: str | None = None) -> tuple[str, str]:
+        """Point the alias back at the previous physical index (or ``to``) in one atomic call.
+
+        Returns:
+            ``(from_index, to_index)``.
+
+        Raises:
+            ConfigError: there is no previous index (or ``to`` is not one of this alias's versions).
+        """
+        current = self.current()
+        if to is None:
+            to = self.meta(current).previous_index
+            if not to:
+                raise ConfigError(f"{current} has no previous index to roll back to")
+        versions = self.versions()
+        if to not in versions:
+            raise ConfigError(f"cannot roll {self.alias!r} back to {to!r}: it is not one of its versions "
+                              f"({', '.join(versions) or 'none'}); it may have been deleted")
+        if to == current:
+            raise ConfigError(f"alias {self.alias!r} already points at {to}")
+        self.meta(to)  # refuses a non-esdistill index
+        self._point_alias_at(to, current=list(self._alias_targets()))
+        return current, to
+
+    def prune(self, *, keep: int = 1) -> list[str]:
+        """Delete old versions, keeping the current one and the ``keep`` newest others.
+
+        Returns:
+            The deleted index names.
+        """
+        if keep < 0:
+            raise ConfigError(f"keep={keep} (expected >= 0)")
+        current = self.current()
+        others = [v for v in self.versions() if v != current]
+        doomed = others[: max(0, len(others) - keep)]
+        for name in doomed:
+            self.client.indices.delete(index=name)
+            logger.info("deleted old version %s", name)
+        return doomed
+
+
+def _api_reason(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", {})
+        if isinstance(err, dict):
+            root = (err.get("root_cause") or [err])[0]
+            return f"{root.get('type', 'error')}: {root.get('reason', '')}"
+    return str(exc)

@@ -1,0 +1,236 @@
+"""Index management against a real Elasticsearch: mapping from a manifest, versions behind an alias,
+the model check, blue/green re-embedding, rollback, prune, and the ``esdistill index`` CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from esdistill.plugin import ConfigError, FingerprintError, IngestError
+from esdistill.plugin.index import INDEX_OPTIONS, IndexManager, IndexSpec, build_index_body
+from esdistill.plugin.ingest import IngestHook
+from esdistill.plugin.manifest import Manifest
+from esdt_helpers import TINY_COLLECTION
+from esdt_onnx import make_encoder, model_folder
+
+CORPUS = TINY_COLLECTION / "corpus.jsonl"
+
+
+@pytest.fixture(scope="session")
+def encoder_a(tiny_bi_encoder, tmp_path_factory):
+    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
+
+
+@pytest.fixture(scope="session")
+def encoder_b(tiny_bi_encoder, tmp_path_factory):
+    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
+
+
+def _manifest(dims: int = 64, fingerprint: str = "ab" * 32, name: str = "m") -> Manifest:
+    """A manifest value (no model behind it): enough to create and check indices."""
+    return Manifest(name=name, kind="bi-encoder", onnx_file="model.onnx", files=["model.onnx"],
+                    fingerprint=fingerprint, dims=dims, max_seq_length=128, similarity="cosine")
+
+
+def _alias_targets(es_client, alias: str) -> list[str]:
+    return sorted(es_client.indices.get_alias(name=alias))
+
+
+# ---------------------------------------------------------------------- pure
+def test_index_body_follows_the_manifest():
+    m = _manifest(dims=48)
+    body = build_index_body(m, IndexSpec(text_fields=("headline", "body"), index_options="hnsw", m=24,
+                                         ef_construction=128, number_of_replicas=1), alias="news")
+    props = body["mappings"]["properties"]
+    assert props["embedding"] == {"type": "dense_vector", "dims": 48, "index": True, "similarity": "cosine",
+                                  "index_options": {"type": "hnsw", "m": 24, "ef_construction": 128}}
+    assert props["headline"] == props["body"] == {"type": "text", "analyzer": "standard"}
+    assert props["content_hash"] == props["model_fingerprint"] == {"type": "keyword"}
+    meta = body["mappings"]["_meta"]
+    assert meta["model_fingerprint"] == m.fingerprint and meta["dims"] == 48 and meta["model_name"] == "m"
+    assert meta["text_fields"] == ["headline", "body"] and meta["vector_field"] == "embedding"
+    assert meta["alias"] == "news"
+    assert body["mappings"]["dynamic"] is False
+    assert body["settings"]["index"]["number_of_replicas"] == 1
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"index_options": "ivf"}, "index_options"),
+    ({"index_options": "flat", "m": 16}, "HNSW"),
+    ({"m": 1}, "m=1"),
+    ({"number_of_replicas": -1}, "number_of_replicas"),
+    ({"text_fields": ("title", "content_hash")}, "reserved"),
+    ({"vector_field": "_vec"}, "vector_field"),
+    ({"text_fields": ()}, "text_fields"),
+])
+def test_index_spec_rejects_bad_settings(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        IndexSpec(**kwargs)
+
+
+def test_bad_alias_names_are_refused(es_client):
+    for bad in ("UPPER", "a b", "_x", "a*", ""):
+        with pytest.raises(ConfigError, match="not valid"):
+            IndexManager(es_client, bad)
+
+
+# ---------------------------------------------------------------------- real node
+def test_create_versions_behind_an_alias_and_refuses_twice(es_client, index_prefix):
+    mgr = IndexManager(es_client, index_prefix)
+    physical = mgr.create(_manifest())
+    assert physical == f"{index_prefix}-000001"
+    assert _alias_targets(es_client, index_prefix) == [physical]
+    mapping = es_client.indices.get_mapping(index=physical)[physical]["mappings"]
+    assert mapping["_meta"]["model_fingerprint"] == "ab" * 32
+    assert mapping["properties"]["embedding"]["index_options"]["type"] == "int8_hnsw"
+    settings = es_client.indices.get_settings(index=physical)[physical]["settings"]["index"]
+    assert settings["number_of_replicas"] == "0"
+    with pytest.raises(ConfigError, match="exists already"):
+        mgr.create(_manifest())
+    info = mgr.info()
+    assert info.current == physical and [v.index for v in info.versions] == [physical]
+    assert info.versions[0].docs == 0 and info.versions[0].current
+
+
+@pytest.mark.parametrize("option", INDEX_OPTIONS)
+def test_every_index_option_is_accepted_by_elasticsearch(es_client, index_prefix, option):
+    mgr = IndexManager(es_client, index_prefix)
+    physical = mgr.create(_manifest(dims=64), IndexSpec(index_options=option))
+    vec = es_client.indices.get_mapping(index=physical)[physical]["mappings"]["properties"]["embedding"]
+    assert vec["index_options"]["type"] == option
+
+
+def test_elasticsearch_refusal_becomes_a_config_error(es_client, index_prefix):
+    # int4 needs an even number of dims: Elasticsearch refuses, and the message says so
+    with pytest.raises(ConfigError, match="refused to create"):
+        IndexManager(es_client, index_prefix).create(_manifest(dims=33), IndexSpec(index_options="int4_hnsw"))
+
+
+def test_check_model_refuses_other_fingerprints_and_dims(es_client, index_prefix):
+    mgr = IndexManager(es_client, index_prefix)
+    mgr.create(_manifest(dims=64, fingerprint="ab" * 32))
+    assert mgr.check_model(_manifest(dims=64, fingerprint="ab" * 32)).dims == 64
+    with pytest.raises(FingerprintError, match="index reindex") as err:
+        mgr.check_model(_manifest(dims=64, fingerprint="cd" * 32, name="other"))
+    assert err.value.expected == "ab" * 32 and err.value.actual == "cd" * 32
+    with pytest.raises(FingerprintError, match="dims 32 vs the index's 64"):
+        mgr.check_model(_manifest(dims=32, fingerprint="ab" * 32))
+
+
+def test_check_model_refuses_foreign_and_missing_indices(es_client, index_prefix):
+    es_client.indices.create(index=f"{index_prefix}-plain", settings={"number_of_replicas": 0})
+    with pytest.raises(ConfigError, match="not created by esdistill"):
+        IndexManager(es_client, f"{index_prefix}-plain").check_model(_manifest())
+    with pytest.raises(ConfigError, match="index create"):
+        IndexManager(es_client, f"{index_prefix}-missing").check_model(_manifest())
+
+
+def _knn_top(es_client, index: str, vector: np.ndarray) -> tuple[str, float]:
+    hit = es_client.search(index=index, knn={"field": "embedding", "query_vector": vector.tolist(), "k": 1,
+                                             "num_candidates": 50}, source=False)["hits"]["hits"][0]
+    return hit["_id"], hit["_score"]
+
+
+def test_blue_green_reindex_then_rollback(es_client, index_prefix, encoder_a, encoder_b):
+    mgr = IndexManager(es_client, index_prefix)
+    first = mgr.create(encoder_a.manifest, IndexSpec(index_options="hnsw"))
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
+    with pytest.raises(FingerprintError):
+        IngestHook(es_client, index_prefix, encoder_b)
+
+    result = mgr.reindex(encoder_b, batch_size=7)
+    assert (result.old_index, result.new_index) == (first, f"{index_prefix}-000002")
+    assert result.docs == 24 and result.summary.indexed == 24 and result.summary.failed == 0
+    assert _alias_targets(es_client, index_prefix) == [result.new_index]
+    assert mgr.check_model(encoder_b.manifest).previous_index == first
+    assert mgr.spec_of().index_options == "hnsw"  # carried over
+    # the new index holds model b's vectors: a document's own b-vector finds it with score ~1
+    doc = json.loads(CORPUS.read_text().splitlines()[5])
+    vec_b = encoder_b.encode_with_info([f"{doc['title']} {doc['text']}"]).embeddings[0]
+    hit_id, score = _knn_top(es_client, index_prefix, vec_b)
+    assert hit_id == doc["_id"] and score > 0.99
+    # the stored text and ids came through unchanged
+    got = es_client.get(index=index_prefix, id=doc["_id"])["_source"]
+    assert got["title"] == doc["title"] and got["text"] == doc["text"]
+    assert got["model_fingerprint"] == encoder_b.manifest.fingerprint
+    # the old version is kept, with its own model
+    assert mgr.count(first) == 24 and mgr.meta(first).model_fingerprint == encoder_a.manifest.fingerprint
+
+    assert mgr.rollback() == (result.new_index, first)
+    assert _alias_targets(es_client, index_prefix) == [first]
+    mgr.check_model(encoder_a.manifest)
+    with pytest.raises(ConfigError, match="no previous index"):
+        mgr.rollback()
+    assert mgr.rollback(to=result.new_index) == (first, result.new_index)
+    assert [v.docs for v in mgr.info().versions] == [24, 24]
+    assert mgr.prune(keep=0) == [first]
+    assert mgr.versions() == [result.new_index]
+    with pytest.raises(ConfigError, match="not one of its versions"):
+        mgr.rollback(to=first)
+
+
+class _WritesDuringReindex:
+    """Wraps a real encoder; on its first call, writes a new document into the old index."""
+
+    def __init__(self, encoder, client, old_index):
+        self.inner, self.client, self.old_index, self.done = encoder, client, old_index, False
+        self.manifest = encoder.manifest
+
+    def encode_with_info(self, texts, **kw):
+        if not self.done:
+            self.done = True
+            self.client.index(index=self.old_index, id="late", document={"title": "late", "text": "arrival"},
+                              refresh=True)
+        return self.inner.encode_with_info(texts, **kw)
+
+
+def test_reindex_refuses_to_swap_when_the_old_index_changed(es_client, index_prefix, encoder_a, encoder_b):
+    mgr = IndexManager(es_client, index_prefix)
+    first = mgr.create(encoder_a.manifest)
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
+    with pytest.raises(IngestError, match="changed during the reindex") as err:
+        mgr.reindex(_WritesDuringReindex(encoder_b, es_client, first))
+    assert _alias_targets(es_client, index_prefix) == [first]  # not swapped
+    assert err.value.summary.indexed == 24
+    assert f"{index_prefix}-000002" in str(err.value)
+
+
+def test_reindex_can_change_index_options(es_client, index_prefix, encoder_a):
+    mgr = IndexManager(es_client, index_prefix)
+    mgr.create(encoder_a.manifest, IndexSpec(index_options="int8_hnsw", number_of_replicas=0))
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
+    result = mgr.reindex(encoder_a, index_options="flat")
+    assert mgr.spec_of(result.new_index).index_options == "flat"
+    assert mgr.count() == 24
+
+
+def test_cli_index_create_info_rollback(es_client, es_url, index_prefix, encoder_a, monkeypatch, capsys):
+    from esdistill.plugin.cli import main
+
+    model_dir = model_folder(encoder_a)
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    assert main(["index", "create", index_prefix, "--model", str(model_dir), "--index-options", "flat",
+                 "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["index"] == f"{index_prefix}-000001"
+    assert created["model_fingerprint"] == encoder_a.manifest.fingerprint
+    assert main(["index", "info", index_prefix, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["current"] == created["index"] and info["versions"][0]["index_options"] == "flat"
+    assert main(["index", "rollback", index_prefix]) == ConfigError.exit_code  # no previous index
+    assert "no previous index" in capsys.readouterr().err
+    assert main(["index", "create", index_prefix, "--model", str(model_dir)]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_dataclass_round_trip_of_meta(es_client, index_prefix):
+    mgr = IndexManager(es_client, index_prefix)
+    mgr.create(_manifest(dims=16), IndexSpec(text_fields=("body",), extra_properties={"year": {"type": "integer"}}))
+    meta = mgr.meta()
+    assert meta.text_fields == ("body",) and meta.dims == 16 and meta.index_options == "int8_hnsw"
+    spec = mgr.spec_of()
+    assert spec.extra_properties == {"year": {"type": "integer"}}
+    assert dataclasses.replace(spec, index_options="flat", m=None, ef_construction=None).index_options == "flat"

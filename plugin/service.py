@@ -427,22 +427,22 @@ def create_app(settings: ServiceSettings):
     def map_exception(exc: Exception, route: str):
         """The JSON answer for a failure of a hook; re-raises what is a bug."""
         kind = _es_failure(exc)
+        message = str(exc) if isinstance(exc, EsdistillError) else _short(exc)
+        retry = {"Retry-After": _RETRY_AFTER_S}
         if kind == "unavailable":
             metrics.es_unavailable.inc(route=route)
-            logger.warning("Elasticsearch unavailable during %s: %s", route, _short(exc))
+            logger.warning("Elasticsearch unavailable during %s: %s", route, message)
             return json_error(503, "elasticsearch_unavailable",
-                              f"Elasticsearch is unavailable ({_short(exc, 200)}); retry later",
-                              headers={"Retry-After": _RETRY_AFTER_S})
+                              f"Elasticsearch is unavailable; retry later ({message[:300]})", headers=retry)
         if kind == "not_found":
             metrics.es_unavailable.inc(route=route)
             return json_error(503, "index_unavailable",
-                              f"index {s.index!r} is not available in Elasticsearch ({_short(exc, 200)}); "
-                              f"create it with `esdistill index create {s.index} --model DIR`",
-                              headers={"Retry-After": _RETRY_AFTER_S})
-        if kind == "bad_request":
-            return json_error(400, "bad_request", f"Elasticsearch refused the request: {_short(exc)}")
+                              f"index {s.index!r} is not available in Elasticsearch ({message[:300]}); "
+                              f"create it with `esdistill index create {s.index} --model DIR`", headers=retry)
         if isinstance(exc, FingerprintError):
-            return json_error(503, "model_mismatch", str(exc), headers={"Retry-After": _RETRY_AFTER_S})
+            return json_error(503, "model_mismatch", message, headers=retry)
+        if kind == "bad_request":
+            return json_error(400, "bad_request", message)
         if isinstance(exc, ConfigError):
             # the hooks say "bad request" both for a bad filter and for a missing index: ask ES which
             present = state.index_present()
@@ -500,6 +500,7 @@ def create_app(settings: ServiceSettings):
     @app.post(f"/{API_VERSION}/ingest", response_model=IngestResponse,
               responses={**common, **err(400, "refused")}, tags=["ingest"], summary="Embed and index documents")
     def ingest(body: IngestRequest):
+        logger.info("ingest request: %d document(s)", len(body.documents))
         try:
             payload = state.ingest(body.documents, refresh=body.refresh)
         except Exception as exc:  # noqa: BLE001

@@ -93,7 +93,7 @@ def call_with_retry(fn: Callable[[], T], *, what: str, policy: RetryPolicy,
     while True:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:  # classified below
             if not is_retryable(exc):
                 raise
             attempt += 1
@@ -160,7 +160,7 @@ def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryP
 
     while pending:
         body = [lines[i] for i in pending]
-        resp = call_with_retry(lambda: bulk(index=index, operations=body), what=f"bulk write to {index}",
+        resp = call_with_retry(lambda body=body: bulk(index=index, operations=body), what=f"bulk write to {index}",
                                policy=policy, stop=stop, on_retry=note_retry)
         items = resp["items"]
         if len(items) != len(pending):

@@ -29,11 +29,11 @@ from typing import IO, Any
 from esdistill.plugin._errors import ConfigError
 
 __all__ = [
+    "RESERVED_FIELDS",
     "BadDocument",
     "DocumentSpec",
     "PreparedDocument",
     "Record",
-    "RESERVED_FIELDS",
     "content_hash",
     "prepare",
     "read_jsonl",

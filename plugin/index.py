@@ -265,7 +265,7 @@ class IndexManager:
     def __init__(self, client: Any, alias: str) -> None:
         self.client = client
         self.alias = _check_alias_name(alias)
-        self._version_re = re.compile(re.escape(self.alias) + r"-(\d{%d})$" % _VERSION_DIGITS)
+        self._version_re = re.compile(re.escape(self.alias) + rf"-(\d{{{_VERSION_DIGITS}}})$")
 
     # ------------------------------------------------------------------ lookups
     def versions(self) -> list[str]:

@@ -44,10 +44,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-
 from esdistill.plugin._bulk import RetryPolicy, Stopped, call_with_retry, send_bulk
 from esdistill.plugin._errors import ConfigError, EsdistillError, IngestError
-from esdistill.plugin.documents import BadDocument, DocumentSpec, PreparedDocument, Record, prepare, read_jsonl
+from esdistill.plugin.documents import (
+    BadDocument,
+    DocumentSpec,
+    PreparedDocument,
+    Record,
+    prepare,
+    read_jsonl,
+)
 from esdistill.plugin.index import IndexManager
 
 __all__ = ["IngestHook", "IngestSummary", "RetryPolicy", "default_checkpoint_path"]
@@ -194,9 +200,9 @@ class _DeadLetter:
         if resume_size is not None and path.exists():
             with open(path, "r+b") as f:
                 f.truncate(resume_size)
-            self._file = open(path, "ab")
+            self._file = open(path, "ab")  # noqa: SIM115 - kept open for the run, closed by close()
         else:
-            self._file = open(path, "wb")
+            self._file = open(path, "wb")  # noqa: SIM115 - kept open for the run, closed by close()
 
     def write(self, entry: dict[str, Any]) -> None:
         self.count += 1
@@ -365,14 +371,11 @@ class IngestHook:
             logger.warning("input %s is shorter than its checkpoint says; starting from the beginning", path)
             ckpt.restart()
         total = _count_lines(path) if self._show_progress() else None
-        stream = open(path, "rb")
-        try:
+        with open(path, "rb") as stream:
             stream.seek(ckpt.offset)
             records = read_jsonl(stream, start_offset=ckpt.offset, start_line=ckpt.line,
                                  start_position=ckpt.position)
             return self._run(records, total=total, ckpt=ckpt)
-        finally:
-            stream.close()
 
     def ingest_stream(self, stream: IO[bytes], *, source: str = "stream") -> IngestSummary:
         """Ingest JSONL from a binary stream (e.g. ``sys.stdin.buffer``).
@@ -403,6 +406,7 @@ class IngestHook:
                                 dead_letter=str(self.dead_letter) if self.dead_letter else None)
         dead = _DeadLetter(self.dead_letter, resume_size=ckpt.dead_letter_size if ckpt.resumed else None)
         self._stop = threading.Event()
+        self._halt_reading = threading.Event()
         self._errors: list[BaseException] = []
         to_embed: queue.Queue = queue.Queue(self.queue_size)
         to_send: queue.Queue = queue.Queue(self.queue_size)
@@ -415,8 +419,17 @@ class IngestHook:
         reader.start()
         sender.start()
         try:
-            self._guard(self._embed, to_embed, to_send, summary)
-        except BaseException:  # KeyboardInterrupt: stop the threads, keep the checkpoint
+            self._embed(to_embed, to_send, summary)
+        except Stopped:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the encoder failed: stop reading, but let the sender
+            self._errors.append(exc)  # confirm what was already embedded, so the checkpoint is as far as it can be
+            self._halt_reading.set()
+            try:
+                self._put(to_send, _END)
+            except Stopped:
+                pass
+        except BaseException:  # KeyboardInterrupt: stop at once, keep the checkpoint
             self._stop.set()
             raise
         finally:
@@ -457,8 +470,8 @@ class IngestHook:
             self._errors.append(exc)
             self._stop.set()
 
-    def _put(self, q: queue.Queue, item: Any) -> None:
-        while not self._stop.is_set():
+    def _put(self, q: queue.Queue, item: Any, halt: threading.Event | None = None) -> None:
+        while not self._stop.is_set() and not (halt is not None and halt.is_set()):
             try:
                 q.put(item, timeout=0.2)
                 return
@@ -478,7 +491,7 @@ class IngestHook:
     def _read(self, records: Iterator[Record], out: queue.Queue, summary: IngestSummary) -> None:
         chunk = _Chunk()
         for rec in records:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._halt_reading.is_set():
                 raise Stopped()
             chunk.records.append(rec)
             if rec.error is not None:
@@ -492,12 +505,12 @@ class IngestHook:
                     chunk.bad.append((rec, doc_id if isinstance(doc_id, (str, int)) else None, where + exc.reason))
             if len(chunk.records) >= self.batch_size:
                 self._lookup(chunk, summary)
-                self._put(out, chunk)
+                self._put(out, chunk, self._halt_reading)
                 chunk = _Chunk()
         if chunk.records:
             self._lookup(chunk, summary)
-            self._put(out, chunk)
-        self._put(out, _END)
+            self._put(out, chunk, self._halt_reading)
+        self._put(out, _END, self._halt_reading)
 
     def _lookup(self, chunk: _Chunk, summary: IngestSummary) -> None:
         if not self.skip_unchanged or not chunk.to_embed:
@@ -578,7 +591,7 @@ class IngestHook:
             source[self.meta.vector_field] = vector.tolist()
         action = json.dumps({"index": {"_id": doc.id}}, ensure_ascii=False)
         body = json.dumps(source, ensure_ascii=False, separators=(",", ":"))
-        return f"{action}\n{body}\n".encode("utf-8")
+        return f"{action}\n{body}\n".encode()
 
 
 def _bump(summary: IngestSummary) -> None:

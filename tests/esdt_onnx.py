@@ -6,11 +6,11 @@ exported without quantization: same dims, different fingerprint, which is all bl
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=None)
+@cache
 def exported_tiny(source: Path, out_root: Path, variant: str) -> Path:
     """Export ``source`` (a sentence-transformers folder) once per variant; return the folder."""
     from esdistill.export.onnx_export import export_model

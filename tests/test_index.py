@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from esdistill.plugin import ConfigError, FingerprintError, IngestError
 from esdistill.plugin.index import INDEX_OPTIONS, IndexManager, IndexSpec, build_index_body
 from esdistill.plugin.ingest import IngestHook

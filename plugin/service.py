@@ -297,6 +297,20 @@ def create_app(settings: ServiceSettings):
     s = settings
 
     # ------------------------------------------------------------------ schemas
+    # the schema says exactly what this configuration accepts (arms, whether a reranker exists)
+    if state.reranker is not None:
+        rerank_type: Any = bool | None
+        rerank_doc = "rerank with the teacher (true/false); null lets the A/B arm decide"
+    else:
+        rerank_type = Literal[False] | None
+        rerank_doc = "this service has no reranker: only false or null"
+    if state.ab is not None:
+        arm_type: Any = Literal[tuple(a.name for a in state.ab.arms)] | None  # type: ignore[misc]
+        arm_doc = "force this A/B arm (a per-request override of the assignment)"
+    else:
+        arm_type = None
+        arm_doc = "this service runs no A/B test: only null"
+
     class SearchRequest(BaseModel):
         """A search. ``filters`` are Elasticsearch query clauses applied as filters."""
 
@@ -306,11 +320,10 @@ def create_app(settings: ServiceSettings):
         mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
         filters: list[dict[str, Any]] | dict[str, Any] | None = Field(
             None, description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}")
-        rerank: bool | None = Field(None, description="rerank with the teacher (default: the A/B arm decides)")
+        rerank: rerank_type = Field(None, description=rerank_doc)  # type: ignore[valid-type]
         ab_key: str | None = Field(None, min_length=1, max_length=256,
                                    description="user or session id that picks the A/B arm")
-        arm: str | None = Field(None, min_length=1, max_length=100,
-                                description="force this A/B arm (per-request override of the assignment)")
+        arm: arm_type = Field(None, description=arm_doc)  # type: ignore[valid-type]
         budget_ms: float | None = Field(None, gt=0, le=60_000, description="rerank time budget in ms")
         num_candidates: int | None = Field(None, ge=1, le=s.max_num_candidates,
                                            description="kNN candidates per shard (>= k)")
@@ -467,8 +480,11 @@ def create_app(settings: ServiceSettings):
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
-        kinds = {404: "not_found", 405: "method_not_allowed"}
-        return json_error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail),
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "the request body could not be read as JSON; send UTF-8 encoded JSON"
+        return json_error(exc.status_code, kinds.get(exc.status_code, "http_error"), message,
                           headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -187,18 +187,24 @@ class InfoNCELoss(DistillLoss):
     contrastive fine-tuning baseline (and a small auxiliary term, weight 0.1) in Tamber et al. The
     positive of each row is ``positives`` when given (column indices), else the teacher's best
     candidate. ``extra_negatives`` are ``(batch, m)`` student scores against other queries'
-    candidates (in-batch negatives); they only enter the denominator.
+    candidates (in-batch negatives); they only enter the denominator. ``exclude`` marks list
+    entries to leave out of the denominator (likely false negatives, RocketQA-style denoising).
     """
 
     name = "infonce"
 
     def compute_loss(self, student_scores: Any, teacher_scores: Any, mask: Any = None, *,
-                     positives: Any = None, extra_negatives: Any = None, **kwargs: Any) -> Any:
+                     positives: Any = None, extra_negatives: Any = None, exclude: Any = None,
+                     **kwargs: Any) -> Any:
         torch = _torch()
         s, t, mask = self._prepare(student_scores, teacher_scores, mask)
         if positives is None:
             positives = t.masked_fill(~mask, float("-inf")).argmax(dim=-1)
-        logits = (s / self.student_temperature).masked_fill(~mask, _NEG)
+        keep = mask
+        if exclude is not None:
+            keep = mask & ~exclude.to(torch.bool)
+            keep = keep.scatter(1, positives.long().unsqueeze(1), True)
+        logits = (s / self.student_temperature).masked_fill(~keep, _NEG)
         if extra_negatives is not None:
             logits = torch.cat([logits, extra_negatives / self.student_temperature], dim=1)
         return torch.nn.functional.cross_entropy(logits, positives.long())

@@ -38,6 +38,7 @@ __all__ = [
     "MiningConfig",
     "CandidateList",
     "mine_candidates",
+    "retrieve_pools",
     "save_lists",
     "load_lists",
     "rrf",
@@ -294,6 +295,34 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
             teacher_scores=[float(scores[j]) for j in keep], positives=pos, false_negatives=false_neg,
             teacher_rank_of_positive=rank_of_pos,
         ))
+    return out
+
+
+def retrieve_pools(queries: Mapping[str, str], *, bm25: Bm25Index | None = None,
+                   dense: DenseRetriever | None = None, positives: Mapping[str, Iterable[str]] | None = None,
+                   depth: int = 30) -> list[CandidateList]:
+    """Teacher-free pools: the fused BM25 + dense top-``depth`` of each query (known positives added),
+    scored by reciprocal rank fusion. Used to compare teachers on equal terms (no teacher chose the
+    candidates).
+
+    Raises:
+        ConfigError: neither retriever is given.
+    """
+    if bm25 is None and dense is None:
+        raise ConfigError("pools need at least one retriever (BM25 or dense)")
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    bm = bm25.search_many(texts, depth) if bm25 else [[] for _ in qids]
+    de = dense.search_many(texts, depth) if dense else [[] for _ in qids]
+    out = []
+    for i, qid in enumerate(qids):
+        fused = rrf([[d for d, _ in bm[i]], [d for d, _ in de[i]]])[:depth]
+        pos = list((positives or {}).get(qid, ()))
+        ids = list(dict.fromkeys(fused + [p for p in pos if p not in fused]))
+        fused_rank = {d: r for r, d in enumerate(ids)}
+        out.append(CandidateList(query_id=qid, query=texts[i], doc_ids=ids,
+                                 teacher_scores=[1.0 / (60 + fused_rank[d] + 1) for d in ids], positives=pos,
+                                 teacher_rank_of_positive=min((fused_rank[p] for p in pos), default=-1)))
     return out
 
 

@@ -131,3 +131,10 @@ def test_build_loss_and_combined():
         build_loss("kl+mse")
     with pytest.raises(ConfigError, match="temperatures"):
         ListwiseKLLoss(student_temperature=0)
+
+
+def test_infonce_exclude_drops_false_negatives_from_the_denominator():
+    loss = InfoNCELoss(student_temperature=1.0)
+    s, t = torch.tensor([S]), torch.tensor([T])
+    got = loss.compute_loss(s, t, exclude=torch.tensor([[True, True, False]]), positives=torch.tensor([0]))
+    assert got.item() == pytest.approx(-math.log(_softmax([S[0], S[2]])[0]), rel=1e-5)

@@ -1,0 +1,218 @@
+"""The promotion gate: a trained student is promoted only if it beats its base on held-out queries.
+
+Evaluation is exact dense retrieval over the (dev) corpus with the student, scored by
+``ir-measures`` (nDCG@10 by default). The dev queries are the user's dev qrels when given, else
+held-out synthetic queries whose source document is the known relevant one (a pseudo-dev set, as
+in GPL-style domain adaptation). The same pseudo-dev set picks the teacher: each candidate teacher
+reranks the mined pools of the dev queries and the best one wins (:func:`select_teacher`).
+
+Example::
+
+    >>> ev = RetrievalEvaluator(corpus, dev_queries, dev_qrels)                 # doctest: +SKIP
+    >>> result = promotion_gate(ev, base=base_encoder, trained=new_encoder)      # doctest: +SKIP
+    >>> result.promoted, result.base, result.trained                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from esdistill.export._data import Doc
+from esdistill.export._deps import require
+from esdistill.plugin._errors import ConfigError
+
+__all__ = ["RetrievalEvaluator", "GateResult", "promotion_gate", "evaluate_run", "select_teacher",
+           "dev_corpus"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
+                 metric: str = "nDCG@10") -> tuple[float, dict[str, float]]:
+    """Score a run with ir-measures: ``(mean over qrels queries, per-query values)``.
+
+    Queries in ``qrels`` that are missing from ``run`` count as 0.
+
+    Raises:
+        ConfigError: an unknown metric name.
+    """
+    irm = require("ir_measures")
+    try:
+        measure = irm.parse_measure(metric)
+    except (ValueError, NameError, SyntaxError, TypeError) as exc:
+        raise ConfigError(f"unknown metric {metric!r} ({exc}); use an ir-measures name like nDCG@10") from None
+    qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items() if rel}
+    per_query = {q: 0.0 for q in qrels}
+    for m in irm.iter_calc([measure], qrels, {q: dict(r) for q, r in run.items() if q in qrels}):
+        per_query[m.query_id] = float(m.value)
+    mean = float(np.mean(list(per_query.values()))) if per_query else 0.0
+    return mean, per_query
+
+
+def dev_corpus(corpus: Mapping[str, Doc], qrels: Mapping[str, Mapping[str, int]], *, max_docs: int | None,
+               extra_ids: Sequence[str] = (), seed: int = 0) -> dict[str, Doc]:
+    """A sub-corpus for cheap dev evaluation: every judged document, ``extra_ids`` (e.g. the mined
+    hard candidates of the dev queries) and random others up to ``max_docs`` (``None``: all)."""
+    if max_docs is None or max_docs >= len(corpus):
+        return dict(corpus)
+    keep = list(dict.fromkeys([d for rel in qrels.values() for d in rel if d in corpus]
+                              + [d for d in extra_ids if d in corpus]))
+    rest = [d for d in corpus if d not in set(keep)]
+    random.Random(seed).shuffle(rest)
+    keep += rest[:max(max_docs - len(keep), 0)]
+    return {d: corpus[d] for d in keep}
+
+
+class RetrievalEvaluator:
+    """Exact dense retrieval over a corpus, scored against qrels.
+
+    Args:
+        corpus: ``{doc_id: Doc}`` to search.
+        queries: ``{qid: text}``.
+        qrels: ``{qid: {doc_id: grade}}``; only queries with judgements are used.
+        metric: an ir-measures name.
+        depth: documents retrieved per query.
+
+    Raises:
+        ConfigError: no query has both text and judgements.
+    """
+
+    def __init__(self, corpus: Mapping[str, Doc], queries: Mapping[str, str],
+                 qrels: Mapping[str, Mapping[str, int]], *, metric: str = "nDCG@10", depth: int = 100) -> None:
+        self.qids = [q for q in queries if qrels.get(q)]
+        if not self.qids:
+            raise ConfigError("the dev set has no query with both text and relevance judgements")
+        self.queries = {q: queries[q] for q in self.qids}
+        self.qrels = {q: dict(qrels[q]) for q in self.qids}
+        self.doc_ids = list(corpus)
+        self.doc_texts = [corpus[d].full for d in self.doc_ids]
+        self.metric = metric
+        self.depth = depth
+        self._doc_cache: dict[int, np.ndarray] = {}
+
+    def doc_vectors(self, encoder: Any, *, cache_key: int | None = None) -> np.ndarray:
+        """Document embeddings from ``encoder.encode_documents`` (memoised under ``cache_key``)."""
+        if cache_key is not None and cache_key in self._doc_cache:
+            return self._doc_cache[cache_key]
+        vecs = np.asarray(encoder.encode_documents(self.doc_texts), dtype=np.float32)
+        if cache_key is not None:
+            self._doc_cache[cache_key] = vecs
+        return vecs
+
+    def run(self, encoder: Any, doc_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+        """The top-``depth`` run of ``encoder`` (document vectors computed unless given)."""
+        docs = self.doc_vectors(encoder) if doc_vectors is None else doc_vectors
+        q = np.asarray(encoder.encode_queries([self.queries[x] for x in self.qids]), dtype=np.float32)
+        sims = q @ docs.T
+        k = min(self.depth, len(self.doc_ids))
+        run: dict[str, dict[str, float]] = {}
+        for qid, row in zip(self.qids, sims):
+            top = np.argpartition(-row, k - 1)[:k]
+            run[qid] = {self.doc_ids[i]: float(row[i]) for i in top}
+        return run
+
+    def evaluate(self, encoder: Any, doc_vectors: np.ndarray | None = None) -> float:
+        """The mean metric of ``encoder`` on the dev queries."""
+        return evaluate_run(self.qrels, self.run(encoder, doc_vectors), self.metric)[0]
+
+    def __call__(self, encoder: Any) -> float:
+        frozen = encoder.doc_model is not encoder.query_model and not any(
+            p.requires_grad for p in encoder.doc_model.parameters())
+        docs = self.doc_vectors(encoder, cache_key=id(encoder.doc_model)) if frozen else None
+        return self.evaluate(encoder, docs)
+
+
+@dataclass
+class GateResult:
+    """The gate's decision.
+
+    Attributes:
+        metric: the metric compared.
+        base / trained: the base and trained students' scores.
+        delta: ``trained - base``.
+        min_delta: the improvement required.
+        promoted: ``trained >= base + min_delta``.
+        n_queries / n_docs: size of the dev set.
+        reason: one line for logs and reports.
+    """
+
+    metric: str
+    base: float
+    trained: float
+    delta: float
+    min_delta: float
+    promoted: bool
+    n_queries: int
+    n_docs: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, min_delta: float = 0.0,
+                   shared_documents: bool = False) -> GateResult:
+    """Compare base and trained students on the dev set; promote only a student that is not worse.
+
+    Args:
+        evaluator: the dev set.
+        base: encoder of the base student (``encode_queries`` / ``encode_documents``).
+        trained: encoder of the trained student.
+        min_delta: the improvement required for promotion (0: not worse than the base).
+        shared_documents: both embed documents the same way (query-side-only adaptation), so the
+            base's document vectors are reused.
+
+    Returns:
+        A :class:`GateResult`.
+    """
+    base_docs = evaluator.doc_vectors(base)
+    base_score = evaluator.evaluate(base, base_docs)
+    trained_score = evaluator.evaluate(trained, base_docs if shared_documents else None)
+    delta = trained_score - base_score
+    promoted = bool(trained_score >= base_score + min_delta) and np.isfinite(trained_score)
+    verdict = "promoted" if promoted else "REFUSED (the trained student is worse than its base)"
+    reason = (f"{evaluator.metric} on {len(evaluator.qids)} dev queries / {len(evaluator.doc_ids)} docs: "
+              f"base {base_score:.4f}, trained {trained_score:.4f} ({delta:+.4f}): {verdict}")
+    logger.info("gate: %s", reason)
+    return GateResult(evaluator.metric, base_score, trained_score, delta, min_delta, promoted,
+                      len(evaluator.qids), len(evaluator.doc_ids), reason)
+
+
+def select_teacher(candidates: Mapping[str, Any], lists: Sequence[Any], corpus: Mapping[str, Doc], *,
+                   metric: str = "nDCG@10") -> tuple[str, dict[str, float]]:
+    """Pick the teacher that best reranks the pools of pseudo-dev queries.
+
+    Args:
+        candidates: ``{name: teacher}`` (cached teachers make this cheap).
+        lists: mined :class:`~esdistill.export.mining.CandidateList` objects of the dev queries, each
+            with its known positives.
+        corpus: the corpus.
+        metric: ir-measures name.
+
+    Returns:
+        ``(best name, {name: score})``; ties go to the earlier candidate.
+
+    Raises:
+        ConfigError: no candidates, or no list has a positive.
+    """
+    judged = [c for c in lists if c.positives]
+    if not candidates or not judged:
+        raise ConfigError("teacher selection needs candidate teachers and dev lists with known positives")
+    qrels = {c.query_id: {p: 1 for p in c.positives} for c in judged}
+    scores: dict[str, float] = {}
+    for name, teacher in candidates.items():
+        run = {}
+        for c in judged:
+            s = teacher.score(c.query, [corpus[d].full for d in c.doc_ids])
+            run[c.query_id] = {d: float(v) for d, v in zip(c.doc_ids, s)}
+        scores[name] = evaluate_run(qrels, run, metric)[0]
+    best = max(scores, key=lambda n: (scores[n], -list(candidates).index(n)))
+    logger.info("teacher selection (%s on %d pseudo-dev queries): %s -> %s", metric, len(judged),
+                {k: round(v, 4) for k, v in scores.items()}, best)
+    return best, scores

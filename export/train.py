@@ -1,0 +1,407 @@
+"""The training loop: distil teacher-scored candidate lists into a sentence-transformers student.
+
+Plain torch over a ``SentenceTransformer`` (so the result saves and exports like any ST model):
+
+* **length-bucketed batches**: lists are sorted by text length, cut into batches of ``batch_size``
+  queries and the batches shuffled (less padding, same randomness per epoch);
+* **gradient accumulation**, linear warm-up and decay, gradient clipping;
+* **checkpoints** every ``checkpoint_steps`` (model, optimiser, scheduler, position) and
+  **resume** from the latest one;
+* a **progress bar** with the running loss and the last dev metric;
+* **query-side-only adaptation**: the document tower is a frozen copy of the base student, so an
+  existing index needs no re-embedding; only the query encoder learns.
+
+Teacher scores come from the candidate lists (computed and cached before training); the loss is
+any :class:`~esdistill.export.losses.DistillLoss`.
+
+Example::
+
+    >>> result = train_student(lists, corpus, student="minilm", out_dir="runs/r1",
+    ...                        config=TrainConfig(loss="kl", epochs=1))          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esdistill.export._data import Doc
+from esdistill.export._deps import require
+from esdistill.export.losses import InfoNCELoss, build_loss
+from esdistill.export.mining import CandidateList
+from esdistill.export.teachers import normalize_scores
+from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.models import resolve_model
+
+__all__ = ["TrainConfig", "TrainResult", "StudentEncoder", "train_student", "load_student"]
+
+logger = logging.getLogger(__name__)
+_NORMS = ("zscore", "minmax", "rank", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (validated on construction).
+
+    Attributes:
+        loss: loss spec for :func:`~esdistill.export.losses.build_loss` (``kl``, ``margin-mse``,
+            ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...).
+        student_temperature / teacher_temperature: passed to the loss.
+        teacher_normalization: per-query normalisation of teacher scores before the loss.
+        epochs: passes over the lists.
+        batch_size: queries per micro-batch (each with its list of candidates).
+        grad_accum: micro-batches per optimiser step.
+        list_size: truncate lists to this many candidates (``None``: as mined).
+        lr / weight_decay / warmup_ratio / max_grad_norm: optimiser settings.
+        max_seq_length / max_query_length: token limits for documents and queries.
+        query_side_only: freeze the document tower (a copy of the base) and train queries only.
+        in_batch_negatives: InfoNCE also contrasts with the other queries' candidates.
+        checkpoint_steps: save a checkpoint every N optimiser steps (0: at the end of each epoch).
+        keep_checkpoints: how many checkpoints to keep.
+        eval_steps: run the dev evaluator every N steps (0: at the end of each epoch only).
+        max_steps: stop after this many optimiser steps (``None``: all epochs).
+        seed: seeds Python, numpy and torch.
+        show_progress: progress bar (also off when stderr is not a terminal).
+    """
+
+    loss: str = "kl"
+    student_temperature: float = 0.05
+    teacher_temperature: float = 1.0
+    teacher_normalization: str = "zscore"
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    list_size: int | None = None
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 256
+    max_query_length: int = 64
+    query_side_only: bool = False
+    in_batch_negatives: bool = True
+    checkpoint_steps: int = 0
+    keep_checkpoints: int = 2
+    eval_steps: int = 0
+    max_steps: int | None = None
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "grad_accum", "max_seq_length", "max_query_length", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (need >= 1)")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} (need > 0)")
+        if self.list_size is not None and self.list_size < 2:
+            problems.append(f"list_size={self.list_size} (need >= 2)")
+        if self.teacher_normalization not in _NORMS:
+            problems.append(f"teacher_normalization={self.teacher_normalization!r} (one of {_NORMS})")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio={self.warmup_ratio} (need 0 <= r < 1)")
+        if problems:
+            raise ConfigError("bad training settings: " + "; ".join(problems))
+        build_loss(self.loss)  # validates the spec
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model_dir: the trained student (the query encoder when ``query_side_only``).
+        document_model: what embeds documents (the base student when ``query_side_only``, else
+            ``model_dir``).
+        steps: optimiser steps taken (over all runs, when resumed).
+        history: ``{"step", "loss", "dev"}`` rows.
+        seconds: wall time of this run.
+    """
+
+    model_dir: Path
+    document_model: str
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class StudentEncoder:
+    """Encodes queries and documents with the student (or its query/document towers).
+
+    Args:
+        query_model: the ``SentenceTransformer`` for queries.
+        doc_model: the one for documents (the same object unless the towers are split).
+        batch_size: inference batch size.
+    """
+
+    def __init__(self, query_model: Any, doc_model: Any | None = None, *, batch_size: int = 64) -> None:
+        self.query_model = query_model
+        self.doc_model = doc_model if doc_model is not None else query_model
+        self.batch_size = batch_size
+
+    def _encode(self, model: Any, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vecs = model.encode([texts[i] for i in order], batch_size=self.batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+        out = np.empty_like(vecs)
+        out[order] = vecs
+        if was_training:
+            model.train()
+        return out.astype(np.float32)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(self.query_model, texts)
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(self.doc_model, texts)
+
+
+def load_student(ref: str | os.PathLike[str], *, max_seq_length: int = 256) -> Any:
+    """Load a sentence-transformers student on CPU (packaged names and folders work).
+
+    Raises:
+        ModelError: the reference cannot be resolved.
+    """
+    st = require("sentence_transformers")
+    model = st.SentenceTransformer(os.fspath(resolve_model(ref)), device="cpu")
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def _seed_all(seed: int) -> None:
+    torch = require("torch")
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _bucketed_batches(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], batch_size: int,
+                      rng: random.Random) -> list[list[int]]:
+    lengths = [len(c.query) + sum(len(corpus[d].full) for d in c.doc_ids) for c in lists]
+    order = sorted(range(len(lists)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _embed(model: Any, texts: Sequence[str], max_len: int) -> Any:
+    torch = require("torch")
+    saved = model.max_seq_length
+    model.max_seq_length = max_len
+    try:
+        features = model.preprocess(list(texts))
+    finally:
+        model.max_seq_length = saved
+    features = {k: v for k, v in features.items() if hasattr(v, "shape")}
+    emb = model(features)["sentence_embedding"]
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.pt").is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, student: str | os.PathLike[str],
+                  out_dir: str | os.PathLike[str], config: TrainConfig | None = None,
+                  evaluator: Callable[[StudentEncoder], float] | None = None, resume: bool = True) -> TrainResult:
+    """Train ``student`` on teacher-scored candidate lists.
+
+    Args:
+        lists: mined :class:`CandidateList` objects (with teacher scores).
+        corpus: ``{doc_id: Doc}`` holding every listed document.
+        student: the base student (folder, packaged name or hub id).
+        out_dir: run folder; the model goes to ``out_dir/student``, checkpoints to
+            ``out_dir/checkpoints``, the history to ``out_dir/train_history.json``.
+        config: training settings.
+        evaluator: called with a :class:`StudentEncoder` on the dev set; returns the dev metric.
+        resume: continue from the latest checkpoint in ``out_dir`` when there is one.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: no usable lists, or a listed document is not in the corpus.
+    """
+    torch = require("torch")
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lists = [c for c in lists if len(c.doc_ids) >= 2]
+    if not lists:
+        raise ConfigError("no candidate list has two or more candidates; mine with a larger list_size")
+    missing = {d for c in lists for d in c.doc_ids if d not in corpus}
+    if missing:
+        raise ConfigError(f"{len(missing)} listed documents are not in the corpus (e.g. {sorted(missing)[:3]}); "
+                          "mine and train on the same corpus")
+    _seed_all(cfg.seed)
+    loss_fn = build_loss(cfg.loss, student_temperature=cfg.student_temperature,
+                         teacher_temperature=cfg.teacher_temperature)
+    uses_nce = isinstance(loss_fn, InfoNCELoss) or any(isinstance(p, InfoNCELoss) for _, p in getattr(loss_fn, "parts", []))
+    base_ref = os.fspath(resolve_model(student))
+    model = load_student(base_ref, max_seq_length=cfg.max_seq_length)
+    doc_model = None
+    frozen_docs: dict[str, Any] = {}
+    if cfg.query_side_only:
+        doc_model = copy.deepcopy(model)
+        for p in doc_model.parameters():
+            p.requires_grad_(False)
+        enc = StudentEncoder(doc_model)
+        ids = sorted({d for c in lists for d in c.doc_ids})
+        vecs = enc.encode_documents([corpus[d].full for d in ids])
+        frozen_docs = {d: torch.from_numpy(v) for d, v in zip(ids, vecs)}
+    n_batches = math.ceil(len(lists) / cfg.batch_size)
+    steps_per_epoch = max(n_batches // cfg.grad_accum, 1)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = int(total_steps * cfg.warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(total_steps - warmup, 1))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule)
+    step, start_epoch, skip = 0, 0, 0
+    history: list[dict[str, float]] = []
+    ckpts = _checkpoints(out) if resume else []
+    if ckpts:
+        state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        step, start_epoch, skip, history = state["step"], state["epoch"], state["batch"], state["history"]
+        logger.info("resumed from %s (step %d)", ckpts[-1], step)
+
+    def save_checkpoint(epoch: int, batch: int) -> None:
+        path = out / "checkpoints" / f"step-{step}"
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+                    "step": step, "epoch": epoch, "batch": batch, "history": history}, path / "state.pt")
+        for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    encoder = StudentEncoder(model, doc_model)
+    show = cfg.show_progress and (os.isatty(2) if hasattr(os, "isatty") else False)
+    bar = tqdm(total=total_steps, initial=step, desc="distill", unit="step", disable=not show)
+    started = time.time()
+    last_dev: float | None = None
+    running: float | None = None
+    model.train()
+    done = step >= total_steps
+    for epoch in range(start_epoch, cfg.epochs):
+        if done:
+            break
+        batches = _bucketed_batches(lists, corpus, cfg.batch_size, random.Random(cfg.seed * 1000 + epoch))
+        for b_idx, batch in enumerate(batches):
+            if epoch == start_epoch and b_idx < skip:
+                continue
+            rows = [lists[i] for i in batch]
+            width = max(len(c.doc_ids) for c in rows)
+            if cfg.list_size:
+                width = min(width, cfg.list_size)
+            uniq = list(dict.fromkeys(d for c in rows for d in c.doc_ids[:width]))
+            pos_of = {d: i for i, d in enumerate(uniq)}
+            q = _embed(model, [c.query for c in rows], cfg.max_query_length)
+            if cfg.query_side_only:
+                d = torch.stack([frozen_docs[x] for x in uniq])
+            else:
+                d = _embed(model, [corpus[x].full for x in uniq], cfg.max_seq_length)
+            sims = q @ d.T  # (B, U)
+            index = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.bool)
+            teacher = torch.zeros((len(rows), width))
+            positives = torch.zeros(len(rows), dtype=torch.long)
+            for r, c in enumerate(rows):
+                ids = c.doc_ids[:width]
+                t = normalize_scores(np.asarray(c.teacher_scores[:width]), cfg.teacher_normalization)
+                index[r, :len(ids)] = torch.tensor([pos_of[x] for x in ids])
+                mask[r, :len(ids)] = True
+                teacher[r, :len(ids)] = torch.from_numpy(t)
+                known = [j for j, x in enumerate(ids) if x in c.positives]
+                positives[r] = known[0] if known else int(np.argmax(t))
+            student_scores = sims.gather(1, index)
+            kwargs: dict[str, Any] = {}
+            if uses_nce:
+                kwargs["positives"] = positives
+                exclude = torch.zeros_like(mask)
+                for r, c in enumerate(rows):
+                    for j, x in enumerate(c.doc_ids[:width]):
+                        exclude[r, j] = x in c.false_negatives or x in c.positives
+                kwargs["exclude"] = exclude
+                if cfg.in_batch_negatives and len(rows) > 1:
+                    own = torch.zeros_like(sims, dtype=torch.bool)
+                    for r, c in enumerate(rows):
+                        for x in c.doc_ids[:width]:
+                            own[r, pos_of[x]] = True
+                        for x in c.positives + c.false_negatives:  # never contrast a relevant doc
+                            if x in pos_of:
+                                own[r, pos_of[x]] = True
+                    kwargs["extra_negatives"] = sims.masked_fill(own, -1e4 * cfg.student_temperature)
+            loss = loss_fn.compute_loss(student_scores, teacher, mask, **kwargs) / cfg.grad_accum
+            loss.backward()
+            value = float(loss.item()) * cfg.grad_accum
+            running = value if running is None else 0.9 * running + 0.1 * value
+            if (b_idx + 1) % cfg.grad_accum and b_idx + 1 != len(batches):
+                continue
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            row: dict[str, float] = {"step": step, "loss": round(running, 5), "lr": sched.get_last_lr()[0]}
+            if evaluator is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
+                last_dev = float(evaluator(encoder))
+                row["dev"] = last_dev
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", dev="-" if last_dev is None else f"{last_dev:.4f}")
+            if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0:
+                save_checkpoint(epoch, b_idx + 1)
+            if step >= total_steps:
+                done = True
+                break
+        skip = 0
+        if evaluator is not None and not cfg.eval_steps:
+            last_dev = float(evaluator(encoder))
+            history.append({"step": step, "dev": last_dev})
+            bar.set_postfix(loss=f"{running or 0:.4f}", dev=f"{last_dev:.4f}")
+        if not cfg.checkpoint_steps:
+            save_checkpoint(epoch + 1, 0)
+    bar.close()
+    model.eval()
+    model_dir = out / "student"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model.save(str(model_dir))
+    seconds = time.time() - started
+    doc_ref = base_ref if cfg.query_side_only else str(model_dir)
+    info = {"config": asdict(cfg), "base_student": base_ref, "document_model": doc_ref, "steps": step,
+            "lists": len(lists), "seconds": round(seconds, 1), "history": history}
+    (out / "train_history.json").write_text(json.dumps(info, indent=2) + "\n")
+    logger.info("trained %d steps in %.0f s -> %s", step, seconds, model_dir)
+    return TrainResult(model_dir=model_dir, document_model=doc_ref, steps=step, history=history, seconds=seconds)

@@ -1,0 +1,137 @@
+"""End-to-end distillation on the tiny model and the tiny collection (seconds): training improves the
+student over its base, checkpoints resume, query-side-only keeps the document tower, and the
+promotion gate refuses a deliberately bad run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from esdistill.export._data import load_corpus, load_qrels, load_queries  # noqa: E402
+from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_gate, select_teacher  # noqa: E402
+from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools  # noqa: E402
+from esdistill.export.queries import RuleBasedGenerator, generate_queries  # noqa: E402
+from esdistill.export.teachers import BiEncoderTeacher, BM25Teacher  # noqa: E402
+from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student  # noqa: E402
+from esdistill.plugin._errors import ConfigError  # noqa: E402
+
+FAST = dict(batch_size=4, lr=2e-3, epochs=6, max_seq_length=64, max_query_length=32, show_progress=False,
+            teacher_temperature=0.5)
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_collection):
+    return load_corpus(tiny_collection)
+
+
+@pytest.fixture(scope="module")
+def dev(tiny_collection):
+    return load_queries(tiny_collection), load_qrels(tiny_collection / "qrels" / "test.tsv")
+
+
+@pytest.fixture(scope="module")
+def pseudo_dev(lists):
+    """The training queries with their source documents as relevant: what the student must fit."""
+    return {c.query_id: c.query for c in lists}, {c.query_id: {c.positives[0]: 1} for c in lists}
+
+
+@pytest.fixture(scope="module")
+def lists(es_client, corpus):
+    """Synthetic queries (3 per document) with BM25-teacher-scored lists (index cleaned up here)."""
+    gen = RuleBasedGenerator.fit(corpus)
+    syn = generate_queries(corpus, gen, per_doc=3, seed=0)
+    queries = {q.query_id: q.text for q in syn}
+    with Bm25Index(es_client, corpus, prefix="esdt-train-module-") as bm25:
+        return mine_candidates(queries, corpus, teacher=BM25Teacher(bm25), bm25=bm25,
+                               positives={q.query_id: [q.doc_id] for q in syn},
+                               config=MiningConfig(list_size=8, pool_depth=12, pool_size=12))
+
+
+def _enc(model_dir, doc_model=None):
+    q = load_student(model_dir, max_seq_length=64)
+    return StudentEncoder(q, load_student(doc_model, max_seq_length=64) if doc_model else None)
+
+
+def test_distillation_beats_the_base_and_the_gate_promotes_it(lists, corpus, pseudo_dev, tiny_bi_encoder,
+                                                              tmp_path):
+    queries, qrels = pseudo_dev
+    ev = RetrievalEvaluator(corpus, queries, qrels)
+    result = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path / "run",
+                           config=TrainConfig(loss="kl+0.1*infonce", **FAST), evaluator=ev)
+    usable = sum(len(c.doc_ids) >= 2 for c in lists)
+    assert result.steps == 6 * -(-usable // 4)
+    assert [h["dev"] for h in result.history if "dev" in h]  # the dev metric was tracked
+    gate = promotion_gate(ev, base=_enc(tiny_bi_encoder), trained=_enc(result.model_dir))
+    assert gate.trained > gate.base + 0.05, gate.reason
+    assert gate.promoted
+    info = json.loads((tmp_path / "run" / "train_history.json").read_text())
+    assert info["steps"] == result.steps and info["config"]["loss"] == "kl+0.1*infonce"
+
+
+@pytest.mark.parametrize("loss", ["margin-mse", "pairwise", "plackett-luce", "infonce"])
+def test_every_loss_trains_without_error(lists, corpus, tiny_bi_encoder, tmp_path, loss):
+    cfg = TrainConfig(loss=loss, **{**FAST, "epochs": 1, "max_steps": 2})
+    result = train_student(lists[:8], corpus, student=tiny_bi_encoder, out_dir=tmp_path, config=cfg)
+    assert result.steps == 2 and all(np.isfinite(h["loss"]) for h in result.history)
+
+
+def test_gate_refuses_a_deliberately_bad_run(lists, corpus, pseudo_dev, tiny_bi_encoder, tmp_path):
+    queries, qrels = pseudo_dev
+    ev = RetrievalEvaluator(corpus, queries, qrels)
+    good = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path / "good",
+                         config=TrainConfig(**FAST))
+    # shuffled labels (each list's teacher scores permuted at random) and a huge learning rate
+    rng = np.random.default_rng(0)
+    bad_lists = [type(c)(**{**c.__dict__, "teacher_scores": rng.permutation(c.teacher_scores).tolist()})
+                 for c in lists]
+    bad = train_student(bad_lists, corpus, student=good.model_dir, out_dir=tmp_path / "bad",
+                        config=TrainConfig(**{**FAST, "lr": 0.5, "warmup_ratio": 0.0}))
+    gate = promotion_gate(ev, base=_enc(good.model_dir), trained=_enc(bad.model_dir))
+    assert not gate.promoted and gate.delta < 0, gate.reason
+    assert "REFUSED" in gate.reason
+
+
+def test_checkpoints_resume_where_they_stopped(lists, corpus, tiny_bi_encoder, tmp_path):
+    cfg = dict(FAST, epochs=1, checkpoint_steps=1, keep_checkpoints=2)
+    first = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                          config=TrainConfig(**cfg, max_steps=2))
+    assert first.steps == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    second = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                           config=TrainConfig(**cfg, max_steps=4))
+    assert second.steps == 4
+    assert [h["step"] for h in second.history] == [1, 2, 3, 4]  # history continued, not restarted
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3", "step-4"]
+
+
+def test_query_side_only_keeps_the_document_tower(lists, corpus, pseudo_dev, tiny_bi_encoder, tmp_path):
+    queries, qrels = pseudo_dev
+    result = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                           config=TrainConfig(query_side_only=True, **FAST))
+    assert result.document_model == str(tiny_bi_encoder)
+    base, trained = _enc(tiny_bi_encoder), _enc(result.model_dir, doc_model=tiny_bi_encoder)
+    text = [corpus["d01"].full]
+    np.testing.assert_allclose(trained.encode_documents(text), base.encode_documents(text), atol=1e-6)
+    assert not np.allclose(trained.encode_queries(["plants"]), base.encode_queries(["plants"]), atol=1e-4)
+    ev = RetrievalEvaluator(corpus, queries, qrels)
+    gate = promotion_gate(ev, base=base, trained=trained, shared_documents=True)
+    assert gate.trained > gate.base, gate.reason
+
+
+def test_teacher_selection_and_evaluate_run(es_client, index_prefix, corpus, dev, tiny_bi_encoder):
+    queries, qrels = dev
+    with Bm25Index(es_client, corpus, prefix=index_prefix + "-") as bm25:
+        pools = retrieve_pools(queries, bm25=bm25, positives={q: list(r) for q, r in qrels.items()}, depth=10)
+        best, scores = select_teacher({"random-bi": BiEncoderTeacher(tiny_bi_encoder), "bm25": BM25Teacher(bm25)},
+                                      pools, corpus)
+    assert best == "bm25" and scores["bm25"] > scores["random-bi"]
+    mean, per = evaluate_run({"a": {"x": 1}, "b": {"y": 1}}, {"a": {"x": 2.0, "z": 1.0}})
+    assert per == {"a": 1.0, "b": 0.0} and mean == 0.5
+    with pytest.raises(ConfigError, match="metric"):
+        evaluate_run({"a": {"x": 1}}, {}, "NotAMetric@3")
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig(lr=0)

@@ -71,6 +71,7 @@ class Manifest:
         normalize: L2-normalise embeddings after pooling.
         max_seq_length: tokens per input (longer inputs are truncated, and counted).
         query_prefix / document_prefix: text prepended before encoding (e.g. ``"query: "``).
+        lowercase: lower-case texts before tokenizing (sentence-transformers ``do_lower_case``).
         similarity: Elasticsearch ``dense_vector`` similarity to index with.
         quantization: ``none``, ``int8-dynamic`` or ``int8-static``.
         output_name: the ONNX output to read (``token_embeddings``/``last_hidden_state``, or
@@ -94,6 +95,7 @@ class Manifest:
     normalize: bool = True
     query_prefix: str = ""
     document_prefix: str = ""
+    lowercase: bool = False
     similarity: str = "cosine"
     quantization: str = "none"
     output_name: str = "last_hidden_state"

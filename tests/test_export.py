@@ -1,0 +1,196 @@
+"""Export to ONNX and the parity gate: the folder is servable, the gate lists every failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from esdistill.plugin import ConfigError, ParityError
+from esdistill.plugin.manifest import Manifest, compute_fingerprint
+from esdistill.plugin.models import sha256_file
+
+pytest.importorskip("torch", reason="export needs the export extra")
+
+from esdistill.export.onnx_export import export_model
+from esdistill.export.parity import (
+    ParitySample,
+    ParityThresholds,
+    bi_encoder_metrics,
+    check_variant,
+    ndcg_at_10,
+    parse_threshold_overrides,
+)
+from esdt_helpers import tiny_texts
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_bi_encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny-int8"
+    return export_model(tiny_bi_encoder, out, quantize="int8", parity_texts=tiny_texts())
+
+
+# ----------------------------------------------------------------------------------- the folder
+def test_int8_export_is_a_complete_servable_folder(tiny_int8, tiny_bi_encoder):
+    out = tiny_int8.out
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "model_int8.onnx", "tokenizer.json", "parity.json"} <= names
+    assert "model.onnx" not in names  # only the served graph ships
+    m = Manifest.load(out, verify=True)
+    assert m.kind == "bi-encoder" and m.onnx_file == "model_int8.onnx"
+    assert m.quantization == "int8-dynamic"
+    assert (m.dims, m.pooling, m.normalize, m.max_seq_length) == (32, "mean", True, 64)
+    assert m.similarity == "cosine" and m.output_name == "last_hidden_state"
+    assert m.fingerprint == compute_fingerprint(out, m.files)
+    assert "tokenizer.json" in m.files and "model_int8.onnx" in m.files
+    assert m.source_sha256 == sha256_file(tiny_bi_encoder / "model.safetensors")
+    assert {"onnxruntime", "optimum", "torch", "transformers", "sentence-transformers"} <= set(m.libraries)
+    assert m.extra["graph_fusions"].get("Attention") == 1  # the offline fusions ran
+    assert m.extra["parity"]["passed"] is True
+
+
+def test_parity_report_compares_both_variants(tiny_int8):
+    report = json.loads((tiny_int8.out / "parity.json").read_text())
+    assert report["passed"] and not report["failures"] and not report["forced"]
+    assert set(report["variants"]) == {"fp32", "int8"}
+    fp32, int8 = report["variants"]["fp32"], report["variants"]["int8"]
+    assert fp32["cosine_min"] >= 0.9999
+    assert int8["cosine_min"] < fp32["cosine_min"]  # quantization changed something ...
+    assert int8["cosine_min"] >= ParityThresholds().int8_min_cosine  # ... within the gate
+    assert report["sample"]["docs"] == len(tiny_texts())
+    assert report["fingerprint"] == tiny_int8.manifest.fingerprint
+
+
+def test_none_quantization_serves_fp32_and_differs_in_fingerprint(tiny_bi_encoder, tiny_int8, tmp_path):
+    res = export_model(tiny_bi_encoder, tmp_path / "fp32", quantize="none", parity_texts=tiny_texts()[:10])
+    assert res.manifest.onnx_file == "model.onnx" and res.manifest.quantization == "none"
+    assert set(res.report["variants"]) == {"fp32"}
+    assert res.manifest.fingerprint != tiny_int8.manifest.fingerprint
+    # re-exporting into the same folder replaces the earlier export
+    again = export_model(tiny_bi_encoder, tmp_path / "fp32", quantize="none", parity_texts=tiny_texts()[:10])
+    assert again.manifest.fingerprint == res.manifest.fingerprint  # deterministic
+
+
+# ----------------------------------------------------------------------------------- the gate
+def test_gate_refuses_and_lists_every_failure_then_force_exports(tiny_bi_encoder, tmp_path):
+    strict = ParityThresholds(int8_min_cosine=1.0, int8_min_mean_cosine=1.0)
+    out = tmp_path / "strict"
+    with pytest.raises(ParityError) as info:
+        export_model(tiny_bi_encoder, out, quantize="int8", parity_texts=tiny_texts(), thresholds=strict)
+    failures = info.value.failures
+    assert len(failures) == 2
+    assert any("int8_min_cosine" in f for f in failures) and any("int8_min_mean_cosine" in f for f in failures)
+    assert not (out / "manifest.json").exists()  # nothing servable
+    rejected = json.loads((out / "parity.rejected.json").read_text())
+    assert rejected["failures"] == failures and rejected["passed"] is False
+
+    res = export_model(tiny_bi_encoder, out, quantize="int8", parity_texts=tiny_texts(), thresholds=strict,
+                       force=True)
+    assert res.forced and not res.passed
+    assert json.loads((out / "parity.json").read_text())["forced"] is True
+    Manifest.load(out, verify=True)
+
+
+def test_refuses_to_write_into_a_foreign_folder(tiny_bi_encoder, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an esdistill export"):
+        export_model(tiny_bi_encoder, foreign, quantize="none", parity_texts=tiny_texts())
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_bad_arguments_are_config_errors(tiny_bi_encoder, tmp_path):
+    with pytest.raises(ConfigError, match="quantize"):
+        export_model(tiny_bi_encoder, tmp_path / "x", quantize="int4")
+    with pytest.raises(ConfigError, match="kind"):
+        export_model(tiny_bi_encoder, tmp_path / "x", kind="reranker")
+    with pytest.raises(ConfigError, match="either parity_collection"):
+        export_model(tiny_bi_encoder, tmp_path / "x", parity_texts=["a", "b"], parity_collection="somewhere")
+
+
+def test_cross_encoder_exports_with_its_head_and_activation(tiny_cross_encoder, tmp_path):
+    res = export_model(tiny_cross_encoder, tmp_path / "ce", quantize="none", parity_texts=tiny_texts())
+    m = res.manifest
+    assert m.kind == "cross-encoder" and m.output_name == "logits" and m.dims == 1
+    assert m.activation == "sigmoid"  # what sentence-transformers' CrossEncoder applies to one logit
+    assert res.report["variants"]["fp32"]["score_max_abs_diff"] < 1e-5
+    assert res.passed
+
+
+# ----------------------------------------------------------------------------------- metrics
+def test_thresholds_are_validated_and_overridable():
+    with pytest.raises(ConfigError, match="int8_min_cosine"):
+        ParityThresholds(int8_min_cosine=1.5)
+    t = parse_threshold_overrides(["int8_min_cosine=0.95", "int8-max-ndcg10-drop=0.02"])
+    assert t.int8_min_cosine == 0.95 and t.int8_max_ndcg10_drop == 0.02
+    assert t.fp32_min_cosine == ParityThresholds().fp32_min_cosine
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_threshold_overrides(["nonsense=1"])
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_threshold_overrides(["int8_min_cosine=high"])
+
+
+def test_ndcg_at_10_matches_a_hand_computation():
+    # relevant at ranks 1 and 3 (grades 2 and 1); ideal: grades 2, 1 at ranks 1, 2
+    got = ndcg_at_10(["a", "x", "b"], {"a": 2, "b": 1})
+    want = (2 + 1 / np.log2(4)) / (2 + 1 / np.log2(3))
+    assert got == pytest.approx(want)
+    assert ndcg_at_10(["x", "y"], {"a": 1}) == 0.0
+
+
+def test_bi_encoder_metrics_detect_a_degraded_candidate():
+    rng = np.random.default_rng(0)
+    docs = {f"d{i}": f"text {i}" for i in range(40)}
+    queries = {f"q{i}": f"query {i}" for i in range(8)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(8)}
+    sample = ParitySample(docs=docs, queries=queries, qrels=qrels)
+    ref_d = rng.standard_normal((40, 16))
+    ref_q = ref_d[:8] + 0.1 * rng.standard_normal((8, 16))  # each query is near its relevant doc
+    same = bi_encoder_metrics(sample, ref_d, ref_d.copy(), ref_q, ref_q.copy())
+    assert same["cosine_min"] == pytest.approx(1.0) and same["top10_overlap"] == 1.0
+    assert same["ndcg10_delta"] == 0.0 and same["ndcg10_source"] > 0.9
+    noisy = bi_encoder_metrics(sample, ref_d, ref_d + 1.5 * rng.standard_normal(ref_d.shape),
+                               ref_q, ref_q + 1.5 * rng.standard_normal(ref_q.shape))
+    assert noisy["cosine_min"] < 0.9 and noisy["top10_overlap"] < 0.9
+    failures = check_variant("int8", "bi-encoder", noisy, ParityThresholds())
+    assert any("int8_min_cosine" in f for f in failures)
+    assert any("int8_min_top10_overlap" in f for f in failures)
+    assert check_variant("int8", "bi-encoder", same, ParityThresholds()) == []
+
+
+def test_parity_sample_from_collection_keeps_relevant_documents(tiny_collection):
+    sample = ParitySample.from_collection(tiny_collection, max_docs=12, max_queries=3)
+    assert 0 < len(sample.queries) <= 3 and len(sample.docs) == 12
+    for q, rels in sample.qrels.items():
+        assert q in sample.queries
+        assert all(d in sample.docs for d in rels)
+    with pytest.raises(ConfigError, match="at least 2"):
+        ParitySample(docs={"only": "one"})
+
+
+# ----------------------------------------------------------------------------------- CLI
+def test_cli_exports_and_prints_json(tiny_bi_encoder, tmp_path, capsys):
+    from esdistill.plugin.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["-q", "export", str(tiny_bi_encoder), "--out", str(out), "--quantize", "none",
+               "--parity-collection", str(Path(__file__).parent / "data" / "tiny"), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] and doc["manifest"]["quantization"] == "none"
+    assert doc["report"]["sample"]["judged_queries"] > 0  # qrels came from the collection
+    assert "ndcg10_delta" in doc["report"]["variants"]["fp32"]
+
+
+def test_cli_exits_non_zero_with_the_failure_list(tiny_bi_encoder, tmp_path, capsys):
+    from esdistill.plugin.cli import main
+
+    rc = main(["-q", "export", str(tiny_bi_encoder), "--out", str(tmp_path / "bad"),
+               "--threshold", "int8_min_cosine=1.0", "--threshold", "int8_min_mean_cosine=1.0"])
+    err = capsys.readouterr().err
+    assert rc == ParityError.exit_code != 0
+    assert "failed 2 parity check(s)" in err and "int8_min_cosine" in err and "int8_min_mean_cosine" in err
+    rc = main(["-q", "export", str(tiny_bi_encoder), "--out", str(tmp_path / "bad"), "--threshold", "x=1"])
+    assert rc == ConfigError.exit_code

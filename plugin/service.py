@@ -31,11 +31,13 @@ import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from esdistill.plugin._errors import (
     ConfigError,
@@ -311,6 +313,9 @@ def create_app(settings: ServiceSettings):
         arm_type = None
         arm_doc = "this service runs no A/B test: only null"
 
+    # one Elasticsearch query clause: an object with exactly one key, the query type
+    Clause = Annotated[dict[str, Any], Field(min_length=1, max_length=1)]
+
     class SearchRequest(BaseModel):
         """A search. ``filters`` are Elasticsearch query clauses applied as filters."""
 
@@ -318,8 +323,9 @@ def create_app(settings: ServiceSettings):
         query: str = Field(min_length=1, max_length=s.max_query_chars, description="the query text")
         k: int = Field(10, ge=1, le=s.max_k, description="hits to return")
         mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
-        filters: list[dict[str, Any]] | dict[str, Any] | None = Field(
-            None, description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}")
+        filters: list[Clause] | Clause | None = Field(  # type: ignore[valid-type]
+            None, max_length=100,
+            description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}")
         rerank: rerank_type = Field(None, description=rerank_doc)  # type: ignore[valid-type]
         ab_key: str | None = Field(None, min_length=1, max_length=256,
                                    description="user or session id that picks the A/B arm")
@@ -627,5 +633,14 @@ def serve(settings: ServiceSettings) -> None:
     )
     server = uvicorn.Server(config)
     logger.info("serving on http://%s:%d (index %s)", settings.host, settings.port, settings.index)
-    server.run()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was in
+    # place before it: make that a no-op, so that a clean stop exits 0 (`docker stop` included)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     logger.info("service stopped")

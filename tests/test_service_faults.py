@@ -1,0 +1,99 @@
+"""The service while its Elasticsearch node is killed (SIGKILL) and restarted: clear 503 JSON answers,
+``/readyz`` false, then everything recovers by itself, without restarting the service."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+import uuid
+
+import pytest
+
+from esdt_helpers import free_port
+from svc_fixtures import KEY, exported_student, make_index, queries, settings
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from esdistill.plugin.service import create_app  # noqa: E402
+
+H = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="session")
+def student(tiny_bi_encoder, tmp_path_factory):
+    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
+
+
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something listens on ``port`` (sockets left in TIME_WAIT by a killed node do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+@pytest.fixture
+def own_node(monkeypatch):
+    """A node of our own: the shared one must never be killed."""
+    from esdistill.deploy import LocalElasticsearch, es_local
+
+    # The launcher's port probe binds without SO_REUSEADDR, so after a SIGKILL it sees the port
+    # "in use" for a minute (TIME_WAIT); Elasticsearch itself binds with SO_REUSEADDR and starts fine.
+    monkeypatch.setattr(es_local, "_port_open", _listening)
+
+    node = LocalElasticsearch(port=free_port(), heap="512m")
+    node.start(timeout=240)
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.data, ignore_errors=True)
+
+
+@pytest.mark.faults
+def test_service_survives_elasticsearch_being_killed_and_restarted(own_node, student):
+    from esdistill.plugin import connect
+
+    es = connect(own_node.url)
+    alias = make_index(es, f"esdt-svcfault-{uuid.uuid4().hex[:6]}-docs", student)
+    es.close()
+    query = {"query": queries()[2]["text"], "k": 5, "mode": "hybrid"}
+    app = create_app(settings(alias, student, own_node.url, api_keys=(KEY,), es_timeout_s=2.0,
+                              ingest_retry_s=1.0))
+    with TestClient(app) as c:
+        before = c.post("/v1/search", json=query, headers=H)
+        assert before.status_code == 200 and c.get("/readyz").status_code == 200
+        expected = [h["id"] for h in before.json()["hits"]]
+
+        own_node.kill()
+        own_node._reap()  # LocalElasticsearch.kill() leaves its launcher process unreaped
+        for path, body in (("/v1/search", query), ("/v1/ingest", {"documents": [{"text": "during outage"}]})):
+            t = time.monotonic()
+            resp = c.post(path, json=body, headers=H)
+            assert resp.status_code == 503, (path, resp.text[:300])
+            assert resp.json()["error"]["type"] == "elasticsearch_unavailable"
+            assert resp.headers["retry-after"]
+            assert time.monotonic() - t < 15, f"{path} took too long to give up"
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert ready.json()["checks"]["elasticsearch"] is False
+        assert c.get("/healthz").status_code == 200  # the process itself is fine
+
+        own_node.start(timeout=240)
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").json()
+            time.sleep(0.5)
+        after = c.post("/v1/search", json=query, headers=H)
+        assert after.status_code == 200, after.text[:300]
+        assert [h["id"] for h in after.json()["hits"]] == expected
+        ingest = c.post("/v1/ingest", json={"documents": [{"_id": "after", "text": "back again"}]}, headers=H)
+        assert ingest.status_code == 200 and ingest.json()["indexed"] == 1
+        text = c.get("/metrics").text
+        assert 'esdistill_es_unavailable_total{route="/v1/search"}' in text
+        assert "esdistill_ready 1.0" in text

@@ -1,12 +1,112 @@
-"""Command group (placeholder until its module lands; registers nothing yet)."""
+"""``esdistill distill`` and ``esdistill adapt``: teach the student to rank like the teacher.
+
+Nothing heavy is imported until a command runs (the training extra is needed then).
+
+Examples::
+
+    esdistill distill --corpus data/scifact --queries data/scifact/queries.jsonl \\
+        --qrels data/scifact/qrels/train.tsv --teacher mpnet --loss kl --out runs/scifact
+    esdistill adapt --corpus data/cranfield --out runs/cranfield      # no labels at all
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 __all__ = ["register"]
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True, help="corpus.jsonl or a BEIR folder")
+    p.add_argument("--out", required=True, help="run folder (model, lists, gate report, ONNX export)")
+    p.add_argument("--student", default="minilm", help="base student: folder, packaged name or hub id [minilm]")
+    p.add_argument("--loss", default="kl", help="kl, margin-mse, pairwise, infonce, plackett-luce, or a sum "
+                   "such as kl+0.1*infonce [kl]")
+    p.add_argument("--synthetic", type=int, default=None,
+                   help="synthetic queries to generate (default: 2000 without --queries, else 0)")
+    p.add_argument("--generator", default="rules", help="'rules' or package.module:function(doc, style) [rules]")
+    p.add_argument("--styles", default="keyword,claim,question,title", help="synthetic query styles")
+    p.add_argument("--dev-size", type=int, default=200, help="held-out queries for the gate when no dev set")
+    p.add_argument("--list-size", type=int, default=16, help="candidates per query [16]")
+    p.add_argument("--pool-depth", type=int, default=30, help="BM25 and dense depth of the pool [30]")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8, help="queries per batch [8]")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--max-seq-length", type=int, default=256, help="document tokens [256]")
+    p.add_argument("--teacher-max-seq-length", type=int, default=256, help="teacher tokens per document [256]")
+    p.add_argument("--teacher-temperature", type=float, default=1.0)
+    p.add_argument("--student-temperature", type=float, default=0.05)
+    p.add_argument("--query-side-only", action="store_true",
+                   help="freeze the document tower: the existing index needs no re-embedding")
+    p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--eval-max-docs", type=int, default=2000, help="dev corpus size for the gate (0: all)")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.add_argument("--quantize", choices=("int8", "none"), default="int8")
+    p.add_argument("--index-prefix", default="esdistill-train-", help="prefix of the temporary BM25 index")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def _run(args: argparse.Namespace, *, adapt: bool) -> int:
+    from esdistill.export.mining import MiningConfig
+    from esdistill.export.pipeline import DistillConfig, run_distill
+    from esdistill.export.train import TrainConfig
+
+    train = TrainConfig(
+        loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        max_seq_length=args.max_seq_length, teacher_temperature=args.teacher_temperature,
+        student_temperature=args.student_temperature, query_side_only=args.query_side_only,
+        checkpoint_steps=args.checkpoint_steps, max_steps=args.max_steps, seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+    mining = MiningConfig(list_size=args.list_size, pool_depth=args.pool_depth,
+                          pool_size=max(args.list_size, int(args.pool_depth * 4 / 3)), seed=args.seed)
+    cfg = DistillConfig(
+        corpus=args.corpus, out=args.out, queries=None if adapt else args.queries,
+        qrels=None if adapt else args.qrels, dev_queries=None if adapt else args.dev_queries,
+        dev_qrels=None if adapt else args.dev_qrels, student=args.student, teacher=args.teacher,
+        synthetic=args.synthetic, generator=args.generator, styles=tuple(s for s in args.styles.split(",") if s),
+        dev_size=args.dev_size, mining=mining, teacher_max_seq_length=args.teacher_max_seq_length, train=train, eval_max_docs=args.eval_max_docs or None,
+        export=not args.no_export, quantize=args.quantize, index_prefix=args.index_prefix,
+        show_progress=not args.no_progress, seed=args.seed,
+    )
+    summary = run_distill(cfg)
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0 if summary["gate"]["promoted"] else 8
+    gate = summary["gate"]
+    print(f"teacher: {summary['teacher']['chosen']}  (pseudo-dev nDCG@10: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher"]["scores"].items()) + ")")
+    print(f"queries: {summary['train_queries']} train ({summary['synthetic_queries']} synthetic, "
+          f"{summary['ungrounded_dropped']} ungrounded dropped), {summary['dev_queries']} dev ({summary['dev_origin']})")
+    print(f"trained {summary['train']['steps']} steps in {summary['train']['seconds']} s -> {args.out}/student")
+    print(f"gate: {gate['reason']}")
+    if "export" in summary:
+        print(f"export: {summary['export']}")
+    return 0 if gate["promoted"] else 8
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's commands to the ``esdistill`` parser."""
-    return None
+    """Add ``esdistill distill`` and ``esdistill adapt`` to the ``esdistill`` parser."""
+    epilog = "exit codes: 0 promoted (and exported), 8 the gate refused the student, 2 bad arguments, 4 no ES."
+    d = sub.add_parser("distill", help="distil a teacher into the student on your corpus (needs the export extra)",
+                       description="Queries (given and/or synthetic) -> BM25+dense candidates -> teacher scores "
+                       "(cached) -> training -> promotion gate -> int8 ONNX export.", epilog=epilog)
+    _add_common(d)
+    d.add_argument("--queries", help="training queries (queries.jsonl or TSV id<TAB>text)")
+    d.add_argument("--qrels", help="qrels of the training queries (optional)")
+    d.add_argument("--dev-queries", help="dev queries for the gate (with --dev-qrels)")
+    d.add_argument("--dev-qrels", help="dev qrels for the gate")
+    d.add_argument("--teacher", default="mpnet", help="teacher spec: mpnet, ce:FOLDER, bm25, "
+                   "0.7*mpnet+0.3*bm25, or auto [mpnet]")
+    d.set_defaults(func=lambda a: _run(a, adapt=False))
+    a = sub.add_parser("adapt", help="adapt the student to a corpus without any labels (needs the export extra)",
+                       description="The one-command path for an unlabelled corpus: synthetic queries, teacher "
+                       "chosen on a pseudo-dev set, mining, distillation, gate, int8 ONNX export.", epilog=epilog)
+    _add_common(a)
+    a.add_argument("--teacher", default="auto", help="teacher spec, or auto (chosen on pseudo-dev) [auto]")
+    a.set_defaults(func=lambda a: _run(a, adapt=True))

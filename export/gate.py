@@ -95,6 +95,8 @@ class RetrievalEvaluator:
         self.metric = metric
         self.depth = depth
         self._doc_cache: dict[int, np.ndarray] = {}
+        #: document vectors of a frozen document tower (query-side-only training), when known
+        self.frozen_doc_vectors: np.ndarray | None = None
 
     def doc_vectors(self, encoder: Any, *, cache_key: int | None = None) -> np.ndarray:
         """Document embeddings from ``encoder.encode_documents`` (memoised under ``cache_key``)."""
@@ -124,6 +126,8 @@ class RetrievalEvaluator:
     def __call__(self, encoder: Any) -> float:
         frozen = encoder.doc_model is not encoder.query_model and not any(
             p.requires_grad for p in encoder.doc_model.parameters())
+        if frozen and self.frozen_doc_vectors is not None:
+            return self.evaluate(encoder, self.frozen_doc_vectors)
         docs = self.doc_vectors(encoder, cache_key=id(encoder.doc_model)) if frozen else None
         return self.evaluate(encoder, docs)
 

@@ -370,7 +370,7 @@ def _is_cross_encoder(path: Path) -> bool:
 
 
 def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | os.PathLike[str] | None = None,
-                  normalization: str = "zscore", show_progress: bool = False) -> Any:
+                  normalization: str = "zscore", show_progress: bool = False, max_seq_length: int = 256) -> Any:
     """Build a teacher from a spec.
 
     Spec grammar: members joined by ``+``, each ``[WEIGHT*]NAME`` where NAME is ``bm25``,
@@ -383,6 +383,7 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
         embedding_cache: folder for bi-encoder document embeddings.
         normalization: per-query normalisation of ensemble members.
         show_progress: progress bars when embedding documents.
+        max_seq_length: token limit of bi-encoder and cross-encoder members.
 
     Raises:
         ConfigError: a bad spec, or ``bm25`` without an index.
@@ -405,17 +406,17 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
                 raise ConfigError("the bm25 teacher needs an Elasticsearch BM25 index of the corpus")
             members.append((w, BM25Teacher(bm25_index)))
         elif name.startswith("ce:"):
-            members.append((w, CrossEncoderTeacher(name[3:])))
+            members.append((w, CrossEncoderTeacher(name[3:], max_length=max_seq_length)))
         elif name.startswith("bi:"):
             members.append((w, BiEncoderTeacher(name[3:], embedding_cache=embedding_cache,
-                                                show_progress=show_progress)))
+                                                show_progress=show_progress, max_seq_length=max_seq_length)))
         else:
             ref = resolve_model(name)
             if isinstance(ref, Path) and _is_cross_encoder(ref):
-                members.append((w, CrossEncoderTeacher(ref)))
+                members.append((w, CrossEncoderTeacher(ref, max_length=max_seq_length)))
             else:
                 members.append((w, BiEncoderTeacher(ref, embedding_cache=embedding_cache,
-                                                    show_progress=show_progress)))
+                                                    show_progress=show_progress, max_seq_length=max_seq_length)))
     if len(members) == 1 and members[0][0] == 1.0:
         return members[0][1]
     return EnsembleTeacher(members, normalization=normalization)

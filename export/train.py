@@ -223,7 +223,8 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, student: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], config: TrainConfig | None = None,
-                  evaluator: Callable[[StudentEncoder], float] | None = None, resume: bool = True) -> TrainResult:
+                  evaluator: Callable[[StudentEncoder], float] | None = None, resume: bool = True,
+                  frozen_doc_vectors: Mapping[str, np.ndarray] | None = None) -> TrainResult:
     """Train ``student`` on teacher-scored candidate lists.
 
     Args:
@@ -235,6 +236,8 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         config: training settings.
         evaluator: called with a :class:`StudentEncoder` on the dev set; returns the dev metric.
         resume: continue from the latest checkpoint in ``out_dir`` when there is one.
+        frozen_doc_vectors: with ``query_side_only``, base-student document vectors already
+            computed (``{doc_id: vector}``); missing ones are computed.
 
     Returns:
         A :class:`TrainResult`.
@@ -268,9 +271,11 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         for p in doc_model.parameters():
             p.requires_grad_(False)
         enc = StudentEncoder(doc_model)
-        ids = sorted({d for c in lists for d in c.doc_ids})
+        known = frozen_doc_vectors or {}
+        ids = sorted({d for c in lists for d in c.doc_ids} - set(known))
         vecs = enc.encode_documents([corpus[d].full for d in ids])
-        frozen_docs = {d: torch.from_numpy(v) for d, v in zip(ids, vecs)}
+        frozen_docs = {d: torch.from_numpy(np.asarray(v, dtype=np.float32)) for d, v in known.items()}
+        frozen_docs.update({d: torch.from_numpy(v) for d, v in zip(ids, vecs)})
     n_batches = math.ceil(len(lists) / cfg.batch_size)
     steps_per_epoch = max(n_batches // cfg.grad_accum, 1)
     total_steps = steps_per_epoch * cfg.epochs

@@ -1,0 +1,288 @@
+"""The one-command paths behind ``esdistill distill`` and ``esdistill adapt``.
+
+``distill``: queries (given, with or without qrels, and/or synthetic) -> BM25 + dense candidate
+pools -> teacher scores (cached) -> training -> promotion gate -> int8 ONNX export.
+``adapt``: the same with no labels at all: synthetic queries from the corpus, the teacher chosen on
+a pseudo-dev set (held-out synthetic queries whose source document is relevant), and the gate on
+that pseudo-dev set.
+
+Everything lands in the run folder: ``queries.synthetic.jsonl``, ``lists.train.jsonl``,
+``teacher_selection.json``, ``student/`` (the trained model), ``gate.json``, ``onnx/`` (the served
+export, only when the gate promoted the student) and ``run.json`` (a summary).
+
+Example::
+
+    >>> summary = run_distill(DistillConfig(corpus="data/cranfield", out="runs/cran"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries, write_queries
+from esdistill.export.gate import RetrievalEvaluator, dev_corpus, promotion_gate, select_teacher
+from esdistill.export.mining import (
+    Bm25Index,
+    DenseRetriever,
+    MiningConfig,
+    mine_candidates,
+    retrieve_pools,
+    save_lists,
+)
+from esdistill.export.queries import ALL_STYLES, filter_grounded, generate_queries, load_generator, split_dev
+from esdistill.export.score_cache import ScoreCache
+from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cache
+from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
+from esdistill.plugin._errors import ConfigError
+
+__all__ = ["DistillConfig", "run_distill", "AUTO_TEACHERS"]
+
+logger = logging.getLogger(__name__)
+
+#: candidates for ``--teacher auto``. Pure BM25 is left out on purpose: synthetic queries are
+#: written from the documents' own words, so BM25 looks better on the pseudo-dev set than it is.
+AUTO_TEACHERS = ("mpnet", "0.75*mpnet+0.25*bm25", "0.5*mpnet+0.5*bm25")
+
+
+@dataclass
+class DistillConfig:
+    """Settings of a distillation run (validated on construction).
+
+    Attributes:
+        corpus: ``corpus.jsonl`` or a BEIR folder.
+        out: the run folder.
+        queries: training queries (``None``: synthetic only).
+        qrels: qrels of the training queries (positives; optional).
+        dev_queries / dev_qrels: a labelled dev set for the gate (default: held-out queries).
+        student: the base student.
+        teacher: teacher spec (see :func:`~esdistill.export.teachers.build_teacher`) or ``auto``
+            (the best of ``auto_teachers`` on the dev set).
+        synthetic: synthetic queries to generate (0: none; default: 0 with queries, else 2000).
+        generator: ``rules`` or ``module:function``.
+        styles: synthetic query styles.
+        dev_size: held-out queries for the gate/teacher selection when no dev set is given.
+        grounded_rank: keep synthetic queries whose source doc the teacher ranks in this top.
+        mining: candidate list settings.
+        train: training settings.
+        teacher_max_seq_length: token limit of bi-encoder teachers.
+        eval_max_docs: dev corpus size for the gate (judged + mined docs first; ``None``: all).
+        export: export the promoted student to ONNX (``quantize``: ``int8`` or ``none``).
+        index_prefix: name prefix of the temporary BM25 index.
+        show_progress: progress bars.
+    """
+
+    corpus: str | os.PathLike[str]
+    out: str | os.PathLike[str]
+    queries: str | os.PathLike[str] | None = None
+    qrels: str | os.PathLike[str] | None = None
+    dev_queries: str | os.PathLike[str] | None = None
+    dev_qrels: str | os.PathLike[str] | None = None
+    student: str = "minilm"
+    teacher: str = "mpnet"
+    synthetic: int | None = None
+    generator: str = "rules"
+    styles: tuple[str, ...] = ALL_STYLES
+    dev_size: int = 200
+    grounded_rank: int = 3
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_max_seq_length: int = 256
+    eval_max_docs: int | None = 2000
+    export: bool = True
+    quantize: str = "int8"
+    index_prefix: str = "esdistill-train-"
+    auto_teachers: tuple[str, ...] = AUTO_TEACHERS
+    show_progress: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.qrels and not self.queries:
+            problems.append("--qrels needs --queries")
+        if bool(self.dev_queries) != bool(self.dev_qrels):
+            problems.append("--dev-queries and --dev-qrels go together")
+        if self.synthetic is not None and self.synthetic < 0:
+            problems.append(f"synthetic={self.synthetic} (need >= 0)")
+        if self.synthetic == 0 and not self.queries:
+            problems.append("no training queries: pass --queries or allow synthetic queries")
+        if self.dev_size < 1:
+            problems.append(f"dev_size={self.dev_size} (need >= 1)")
+        if self.quantize not in ("int8", "none"):
+            problems.append(f"quantize={self.quantize!r} (int8 or none)")
+        if problems:
+            raise ConfigError("bad distill settings: " + "; ".join(problems))
+
+
+class _CachedEncoder:
+    """A bi-encoder teacher object used as a student encoder (shares its embedding caches)."""
+
+    def __init__(self, model: BiEncoderTeacher) -> None:
+        self.model = model
+
+    def encode_queries(self, texts: list[str]) -> Any:
+        return self.model.embed_queries(texts)
+
+    def encode_documents(self, texts: list[str]) -> Any:
+        return self.model.doc_vectors(texts)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
+    """Run the whole pipeline; return (and write to ``out/run.json``) a summary.
+
+    Args:
+        cfg: the settings.
+        es: an Elasticsearch client (default: :func:`esdistill.plugin.connect`).
+
+    Raises:
+        ConfigError: bad inputs. ElasticsearchUnavailable: no cluster.
+    """
+    from esdistill.plugin.es_client import connect
+
+    t0 = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache"
+    timings: dict[str, float] = {}
+    corpus = load_corpus(cfg.corpus)
+    summary: dict[str, Any] = {"corpus": str(cfg.corpus), "docs": len(corpus), "student": cfg.student}
+
+    # ---------------------------------------------------------------- queries
+    given = load_queries(cfg.queries) if cfg.queries else {}
+    given_qrels = load_qrels(cfg.qrels) if cfg.qrels else {}
+    positives: dict[str, list[str]] = {q: [d for d, g in r.items() if g > 0 and d in corpus]
+                                       for q, r in given_qrels.items()}
+    n_syn = cfg.synthetic if cfg.synthetic is not None else (0 if given else 2000)
+    synthetic = []
+    if n_syn:
+        gen = load_generator(cfg.generator, corpus)
+        per_doc = min(len(cfg.styles), max(1, -(-n_syn // len(corpus))))
+        synthetic = generate_queries(corpus, gen, styles=cfg.styles, per_doc=per_doc, max_queries=n_syn,
+                                     seed=cfg.seed)
+        write_queries(out / "queries.synthetic.jsonl", {q.query_id: q.text for q in synthetic})
+        for q in synthetic:
+            positives[q.query_id] = [q.doc_id]
+    train_q: dict[str, str] = dict(given)
+    train_q.update({q.query_id: q.text for q in synthetic})
+    if cfg.dev_queries:
+        dev_q, dev_rels = load_queries(cfg.dev_queries), load_qrels(cfg.dev_qrels)  # type: ignore[arg-type]
+        dev_origin = "given dev qrels"
+    else:
+        judged = [q for q in train_q if positives.get(q)]
+        if len(judged) < 2 * cfg.dev_size:
+            raise ConfigError(f"only {len(judged)} training queries have a known relevant document; need at "
+                              f"least {2 * cfg.dev_size} to hold out {cfg.dev_size} for the gate (lower --dev-size "
+                              "or allow more synthetic queries)")
+        _, held = split_dev(judged, dev_size=cfg.dev_size, seed=cfg.seed)
+        dev_q = {q: train_q.pop(q) for q in held}
+        dev_rels = {q: {d: 1 for d in positives[q]} for q in held}
+        dev_origin = "held-out queries with known relevant documents (pseudo-dev)"
+    summary.update(train_queries=len(train_q), given_queries=len(given), synthetic_queries=len(synthetic),
+                   dev_queries=len(dev_q), dev_origin=dev_origin)
+    timings["queries"] = time.time() - t0
+
+    es = es or connect()
+    score_cache = ScoreCache(cache_dir / "teacher_scores.sqlite")
+    with Bm25Index(es, corpus, prefix=cfg.index_prefix) as bm25:
+        # ------------------------------------------------------------ retrievers
+        t = time.time()
+        base = BiEncoderTeacher(cfg.student, max_seq_length=cfg.train.max_seq_length, embedding_cache=cache_dir,
+                                show_progress=cfg.show_progress)
+        doc_ids = list(corpus)
+        dense = DenseRetriever(doc_ids, base.doc_vectors([corpus[d].full for d in doc_ids]), base.embed_queries)
+        timings["student_embeddings"] = time.time() - t
+
+        # ------------------------------------------------------------ teacher
+        t = time.time()
+
+        def make(spec: str) -> Any:
+            return with_cache(build_teacher(spec, bm25_index=bm25, embedding_cache=cache_dir,
+                                            show_progress=False, max_seq_length=cfg.teacher_max_seq_length),
+                              score_cache)
+
+        dev_pos = {q: list(r) for q, r in dev_rels.items()}
+        dev_pools = retrieve_pools(dev_q, bm25=bm25, dense=dense, positives=dev_pos,
+                                   depth=cfg.mining.pool_depth)
+        if cfg.teacher == "auto":
+            candidates = {spec: make(spec) for spec in cfg.auto_teachers}
+            chosen, scores = select_teacher(candidates, dev_pools, corpus)
+            teacher = candidates[chosen]
+            selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
+                         "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}
+        else:
+            teacher = make(cfg.teacher)
+            chosen, scores = select_teacher({cfg.teacher: teacher}, dev_pools, corpus)
+            selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
+        _write_json(out / "teacher_selection.json", selection)
+        summary["teacher"] = selection
+        timings["teacher_selection"] = time.time() - t
+
+        # ------------------------------------------------------------ mining
+        t = time.time()
+        lists = mine_candidates(train_q, corpus, teacher=teacher, bm25=bm25, dense=dense,
+                                positives={q: positives.get(q, []) for q in train_q}, config=cfg.mining,
+                                show_progress=cfg.show_progress)
+        syn_ids = {q.query_id for q in synthetic}
+        kept, dropped = filter_grounded([c for c in lists if c.query_id in syn_ids], max_rank=cfg.grounded_rank)
+        lists = [c for c in lists if c.query_id not in syn_ids] + kept
+        save_lists(out / "lists.train.jsonl", lists)
+        summary.update(lists=len(lists), ungrounded_dropped=len(dropped))
+        timings["mining"] = time.time() - t
+    summary["score_cache"] = score_cache.stats()
+
+    # ---------------------------------------------------------------- training + gate
+    t = time.time()
+    extra = [d for c in dev_pools for d in c.doc_ids]
+    ev_corpus: dict[str, Doc] = dev_corpus(corpus, dev_rels, max_docs=cfg.eval_max_docs, extra_ids=extra,
+                                           seed=cfg.seed)
+    evaluator = RetrievalEvaluator(ev_corpus, dev_q, dev_rels)
+    frozen = None
+    if cfg.train.query_side_only:  # the base's document vectors are already cached: reuse them
+        evaluator.frozen_doc_vectors = base.doc_vectors(evaluator.doc_texts)
+        listed = sorted({d for c in lists for d in c.doc_ids})
+        frozen = dict(zip(listed, base.doc_vectors([corpus[d].full for d in listed])))
+    result = train_student(lists, corpus, student=cfg.student, out_dir=out, config=cfg.train,
+                           evaluator=evaluator, frozen_doc_vectors=frozen)
+    timings["train"] = time.time() - t
+    t = time.time()
+    trained_q = load_student(result.model_dir, max_seq_length=cfg.train.max_seq_length)
+    if cfg.train.query_side_only:
+        trained: Any = StudentEncoder(trained_q, load_student(cfg.student, max_seq_length=cfg.train.max_seq_length))
+    else:
+        trained = StudentEncoder(trained_q)
+    gate = promotion_gate(evaluator, base=_CachedEncoder(base), trained=trained,
+                          shared_documents=cfg.train.query_side_only)
+    _write_json(out / "gate.json", gate.to_dict())
+    summary["gate"] = gate.to_dict()
+    summary["train"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                        "document_model": result.document_model, "config": asdict(cfg.train)}
+    timings["gate"] = time.time() - t
+
+    # ---------------------------------------------------------------- export
+    if gate.promoted and cfg.export:
+        t = time.time()
+        from esdistill.export.onnx_export import export_model
+
+        sample_q = dict(list(dev_q.items())[:100])
+        res = export_model(result.model_dir, out / "onnx", quantize=cfg.quantize,
+                           parity_texts={d: ev_corpus[d].full for d in list(ev_corpus)[:300]},
+                           parity_queries=sample_q, parity_qrels={q: dev_rels[q] for q in sample_q},
+                           name=f"{Path(os.fspath(cfg.student)).name}-distilled")
+        summary["export"] = {"out": str(res.out), "fingerprint": res.manifest.fingerprint,
+                             "passed": res.passed, "quantization": res.manifest.quantization}
+        timings["export"] = time.time() - t
+    elif not gate.promoted:
+        summary["export"] = {"skipped": "the gate refused the student; the base student stays in service"}
+    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    summary["seconds"] = round(time.time() - t0, 1)
+    _write_json(out / "run.json", summary)
+    return summary

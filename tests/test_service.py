@@ -374,3 +374,53 @@ def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "serve", "--index", "i", "--model",
                            str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 3 and "manifest.json" in proc.stderr  # ModelError: not an exported folder
+
+
+# ---------------------------------------------------------------------------------------- rerank, A/B
+@pytest.fixture(scope="module")
+def teacher(tiny_cross_encoder, tmp_path_factory):
+    from esdistill.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("svc-teacher") / "ce"
+    export_model(str(tiny_cross_encoder), out, quantize="none")
+    return out
+
+
+def test_rerank_and_ab_arms_are_served_and_measured(served_index, student, teacher, es_url, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exposure = tmp_path / "exposure.jsonl"
+    app = create_app(settings(served_index, student, es_url, rerank=str(teacher), rerank_top_n=10,
+                              ab_rerank_share=0.5, ab_salt="svc-test", exposure_log=str(exposure)))
+    q = queries()[3]["text"]
+    with TestClient(app) as c:
+        forced = c.post("/v1/search", json={"query": q, "k": 5, "rerank": True}).json()
+        assert forced["rerank"]["reranked"] == "full" and forced["variant"] == "student+rerank"
+        assert forced["rerank"]["count"] == forced["rerank"]["candidates"] == 10
+        assert all(h["rerank_score"] is not None for h in forced["hits"])
+        assert [h["rerank_score"] for h in forced["hits"]] == sorted((h["rerank_score"] for h in forced["hits"]),
+                                                                     reverse=True)
+        tight = c.post("/v1/search", json={"query": q, "k": 5, "rerank": True, "budget_ms": 0.001}).json()
+        assert tight["rerank"]["reranked"] in ("partial", "none") and tight["rerank"]["reason"] == "budget_exhausted"
+        assert len(tight["hits"]) == 5  # the student's order fills in: the query never fails
+        arms = {}
+        for i in range(40):
+            body = c.post("/v1/search", json={"query": q, "k": 3, "ab_key": f"user-{i}"}).json()
+            arms[f"user-{i}"] = body["arm"]
+            assert (body["rerank"]["reranked"] != "none") == (body["arm"] == "student+rerank")
+        assert set(arms.values()) == {"student", "student+rerank"}
+        again = c.post("/v1/search", json={"query": q, "ab_key": "user-7"}).json()
+        assert again["arm"] == arms["user-7"]  # the same key always gets the same arm
+        override = c.post("/v1/search", json={"query": q, "ab_key": "user-7", "arm": "student"}).json()
+        assert override["arm"] == "student"
+        schema = c.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]["properties"]["arm"]
+        assert {"student", "student+rerank"} <= set(json.dumps(schema).replace('"', " ").split())
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    per_arm = {s.labels["arm"]: s.value for s in families["esdistill_search_duration_seconds"].samples
+               if s.name.endswith("_count")}
+    assert per_arm["student"] >= 1 and per_arm["student+rerank"] >= 1
+    outcomes = {(s.labels["arm"], s.labels["outcome"]): s.value for s in families["esdistill_rerank"].samples}
+    assert outcomes[("student+rerank", "full")] >= 1 and outcomes[("student", "none")] >= 1
+    logged = [json.loads(line) for line in exposure.read_text().splitlines()]
+    assert forced["query_id"] in {r["query_id"] for r in logged}
+    assert all(r["key"] != "user-7" for r in logged)  # keys are hashed in the exposure log

@@ -145,3 +145,33 @@ def test_token_bucket_allows_bursts_then_the_rate():
     assert [lim.acquire("a") == 0.0 for _ in range(4)] == [True, True, True, False]
     with pytest.raises(ValueError):
         TokenBucketLimiter(rate=0, burst=1)
+
+
+def test_runtime_and_cli_never_import_the_web_framework(tmp_path):
+    """Only esdistill.plugin.service imports FastAPI; without the serve extra `esdistill serve` says so."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"fastapi", "starlette", "uvicorn"}:
+                    raise ImportError("blocked for this test: " + name)
+        sys.meta_path.insert(0, Block())
+        import pkgutil, importlib
+        import esdistill.plugin
+        for m in pkgutil.iter_modules(esdistill.plugin.__path__):
+            if m.name != "service":
+                importlib.import_module("esdistill.plugin." + m.name)
+        from esdistill.plugin.cli import main
+        rc = main(["serve", "--index", "docs", "--model", sys.argv[1]])
+        print("rc", rc)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "rc 2"
+    assert "pip install 'esdistill[serve]'" in proc.stderr

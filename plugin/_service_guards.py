@@ -208,10 +208,9 @@ class GuardMiddleware:
             wait = self.limiter.acquire(str(client))
             if wait > 0:
                 retry = str(max(1, math.ceil(wait)))
-                return (429, "rate_limited",
-                        f"too many requests: the limit is {self.limiter.rate:g}/s with bursts of "
-                        f"{self.limiter.burst}; retry after {retry}s",
-                        [(b"retry-after", retry.encode())])
+                message = (f"too many requests: the limit is {self.limiter.rate:g}/s with bursts of "
+                           f"{self.limiter.burst}; retry after {retry}s")
+                return (429, "rate_limited", message, [(b"retry-after", retry.encode())])
         if self.guard.enabled:
             presented = None
             for name, value in scope.get("headers", ()):
@@ -239,9 +238,9 @@ class GuardMiddleware:
                     return receive, (400, "bad_request", "the Content-Length header is negative", [])
                 break
         limit = self.max_body_bytes
-        too_large = (413, "payload_too_large",
-                     f"the request body is larger than the limit of {limit} bytes; send fewer or smaller "
-                     "documents per request (the limit is the service's max_body_bytes setting)", [])
+        message = (f"the request body is larger than the limit of {limit} bytes; send fewer or smaller "
+                   "documents per request (the limit is the service's max_body_bytes setting)")
+        too_large = (413, "payload_too_large", message, [])
         if declared is not None and declared > limit:
             return receive, too_large
         if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") and declared in (None, 0):

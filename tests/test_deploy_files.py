@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
-
 from deploy_parse import (
     COMPOSE,
     DOCKERFILE,

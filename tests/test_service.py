@@ -15,15 +15,13 @@ import uuid
 
 import httpx
 import pytest
-
 from deploy_parse import parse_dockerfile
 from esdt_helpers import free_port
 from svc_fixtures import KEY, corpus, drop_indices, exported_student, make_index, queries, settings
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from esdistill.plugin.service import create_app  # noqa: E402
+from esdistill.plugin.service import create_app
+from fastapi.testclient import TestClient
 
 H = {"X-API-Key": KEY}
 
@@ -334,7 +332,7 @@ def test_esdistill_serve_runs_passes_the_image_healthcheck_and_stops_gracefully(
         probe = json.loads(hc.args[hc.args.index("CMD ") + 4:])
         probe = [sys.executable if p == "python" else p.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
                  for p in probe]
-        assert subprocess.run(probe, timeout=30).returncode == 0
+        assert subprocess.run(probe, timeout=30, check=False).returncode == 0
         assert httpx.post(f"{base}/v1/search", json={"query": "x"}).status_code == 401
         # an ingest in flight when SIGTERM arrives still completes
         docs = [{"_id": f"grace-{i}", "text": f"graceful shutdown document number {i} " * 20} for i in range(400)]
@@ -368,11 +366,12 @@ def test_esdistill_serve_runs_passes_the_image_healthcheck_and_stops_gracefully(
 
 def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "serve", "--model", str(tmp_path)],
-                          capture_output=True, text=True,
+                          capture_output=True, text=True, check=False,
                           env={k: v for k, v in os.environ.items() if not k.startswith("ESDISTILL_SERVE_")})
     assert proc.returncode == 2 and "--index" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "serve", "--index", "i", "--model",
-                           str(tmp_path)], capture_output=True, text=True)
+                           str(tmp_path)], capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 3 and "manifest.json" in proc.stderr  # ModelError: not an exported folder
 
 

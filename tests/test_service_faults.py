@@ -9,14 +9,12 @@ import time
 import uuid
 
 import pytest
-
 from esdt_helpers import free_port
 from svc_fixtures import KEY, exported_student, make_index, queries, settings
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from esdistill.plugin.service import create_app  # noqa: E402
+from esdistill.plugin.service import create_app
+from fastapi.testclient import TestClient
 
 H = {"X-API-Key": KEY}
 

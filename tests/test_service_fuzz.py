@@ -12,17 +12,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from esdt_helpers import free_port
 from svc_fixtures import KEY, drop_indices, exported_student, make_index, settings
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given  # noqa: E402
-from hypothesis import settings as hsettings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
-
-from esdistill.plugin.service import create_app  # noqa: E402
+from esdistill.plugin.service import create_app
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
 
 #: hypothesis examples per operation and generation mode
 CASES = 30
@@ -42,6 +40,40 @@ def fuzz_index(es_client, student):
     drop_indices(es_client, prefix)
 
 
+def _fuzz_operation(operation, mode, *, cases: int, allowed_5xx: set[int], counts: dict[str, int],
+                    failures: list[str]) -> None:
+    """Send ``cases`` generated requests for one operation and generation mode, and check each answer."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @hsettings(max_examples=cases, deadline=None, database=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    def run(case):
+        headers = {"X-API-Key": KEY}  # auth failures are tested in test_service.py
+        response = case.call(headers=headers)
+        counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
+        if response.status_code >= 500:
+            if response.status_code not in allowed_5xx:
+                failures.append(f"{operation.label} [{mode}] -> {response.status_code}: {response.text[:300]}")
+            body = response.json()
+            if operation.path == "/readyz":
+                assert body["ready"] is False and body["reason"], body
+            else:
+                assert body["error"]["message"], body
+        if mode == GenerationMode.POSITIVE and response.status_code == 400:
+            # the one way a schema-valid request is refused: a filter clause that Elasticsearch
+            # itself rejects (filters are passed through as query DSL)
+            filters = case.body.get("filters") if isinstance(case.body, dict) else None
+            message = response.json()["error"]["message"]
+            if not (filters and "Elasticsearch rejected" in message):
+                failures.append(f"{operation.label}: valid request refused: {message[:300]}")
+        excluded = [schemathesis.checks.positive_data_acceptance]
+        if allowed_5xx:
+            excluded.append(schemathesis.checks.not_a_server_error)
+        case.validate_response(response, headers=headers, excluded_checks=excluded)
+
+    run()
+
+
 def _fuzz(app, *, allowed_5xx: set[int], cases: int = CASES) -> dict[str, int]:
     """Run every operation in both generation modes; return status-code counts."""
     from fastapi.testclient import TestClient
@@ -54,37 +86,9 @@ def _fuzz(app, *, allowed_5xx: set[int], cases: int = CASES) -> dict[str, int]:
         for result in schema.get_all_operations():
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-                @given(case=operation.as_strategy(generation_mode=mode))
-                @hsettings(max_examples=cases, deadline=None, database=None, derandomize=True,
-                           suppress_health_check=list(HealthCheck))
-                def run(case):
-                    headers = {"X-API-Key": KEY}  # auth failures are tested in test_service.py
-                    response = case.call(headers=headers)
-                    counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
-                    if response.status_code >= 500:
-                        if response.status_code not in allowed_5xx:
-                            failures.append(f"{operation.label} [{mode}] -> {response.status_code}: "
-                                            f"{response.text[:300]}")
-                        body = response.json()
-                        if operation.path == "/readyz":
-                            assert body["ready"] is False and body["reason"], body
-                        else:
-                            assert body["error"]["message"], body
-                    if mode == GenerationMode.POSITIVE and response.status_code == 400:
-                        # the one way a schema-valid request is refused: a filter clause that
-                        # Elasticsearch itself rejects (filters are passed through as query DSL)
-                        filters = (case.body or {}).get("filters") if isinstance(case.body, dict) else None
-                        message = response.json()["error"]["message"]
-                        if not (filters and "Elasticsearch rejected" in message):
-                            failures.append(f"{operation.label}: valid request refused: {message[:300]}")
-                    excluded = [schemathesis.checks.positive_data_acceptance]
-                    if allowed_5xx:
-                        excluded.append(schemathesis.checks.not_a_server_error)
-                    case.validate_response(response, headers=headers, excluded_checks=excluded)
-
                 try:
-                    run()
+                    _fuzz_operation(operation, mode, cases=cases, allowed_5xx=allowed_5xx, counts=counts,
+                                    failures=failures)
                 except Unsatisfiable:
                     # an operation without inputs has no invalid request to make
                     assert mode == GenerationMode.NEGATIVE and operation.path in NO_INPUT, operation.label

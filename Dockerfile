@@ -9,6 +9,15 @@
 #
 # MODEL_DIR is a folder inside the build context holding an exported student (manifest.json + ONNX);
 # it is copied to /models/student. The default, deploy/models, holds only a README: mount the model.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY plugin ./plugin
+COPY export ./export
+COPY deploy ./deploy
+# only esdistill's own wheel here; its dependencies are resolved in the runtime stage
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ARG MODEL_DIR=deploy/models
@@ -23,14 +32,10 @@ RUN groupadd --system --gid 10001 esdistill \
     && useradd --system --uid 10001 --gid esdistill --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin esdistill
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY plugin ./plugin
-COPY export ./export
-COPY deploy ./deploy
 # runtime dependencies only: the package plus the serve extra (fastapi, uvicorn); never [export]
-RUN pip install --no-cache-dir ".[serve]" \
-    && rm -rf /src
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir "$(ls /tmp/wheels/esdistill-*.whl)[serve]" \
+    && rm -rf /tmp/wheels
 
 COPY --chown=esdistill:esdistill ${MODEL_DIR} /models/student
 

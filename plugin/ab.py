@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 exposure_logger = logging.getLogger("esdistill.exposure")
 
 _SHARE_TOLERANCE = 1e-6
+_EXACT_SIGN_TEST_MAX = 100_000
 
 
 def bucket(key: str, salt: str) -> float:
@@ -468,8 +469,8 @@ def attribute_clicks(interleaving: Interleaving, clicked_ids: Iterable[str]) -> 
 def sign_test(wins_a: int, wins_b: int) -> float:
     """Two-sided sign test p-value for ``wins_a`` vs ``wins_b`` under H0: each side wins with p=1/2.
 
-    Exact binomial up to 5,000 decided queries, a normal approximation with continuity correction
-    beyond.
+    The exact binomial tail (summed in log space) up to 100,000 decided queries, a normal
+    approximation with continuity correction beyond.
 
     Example:
         >>> round(sign_test(9, 1), 4)
@@ -483,8 +484,11 @@ def sign_test(wins_a: int, wins_b: int) -> float:
     if n == 0:
         return 1.0
     low = min(wins_a, wins_b)
-    if n <= 5000:
-        tail = sum(math.comb(n, i) for i in range(low + 1)) / 2**n
+    if n <= _EXACT_SIGN_TEST_MAX:
+        base = math.lgamma(n + 1) - n * math.log(2.0)
+        logs = [base - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(low + 1)]
+        top = max(logs)
+        tail = math.exp(top) * math.fsum(math.exp(x - top) for x in logs)
         return min(1.0, 2.0 * tail)
     z = (abs(wins_a - wins_b) - 1.0) / math.sqrt(n)
     return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))

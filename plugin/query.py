@@ -442,6 +442,11 @@ class QueryHook:
         self._cache.put(text, vec)
         return vec, False
 
+    def clear_cache(self) -> None:
+        """Forget every cached query embedding (benchmarks measure uncached embedding this way)."""
+        with self._cache._lock:
+            self._cache._data.clear()
+
     @property
     def cache_info(self) -> dict[str, int]:
         """Embedding-cache size and hit/miss counters."""

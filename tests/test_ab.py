@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -233,10 +234,13 @@ def test_sign_test_values():
     assert sign_test(9, 1) == pytest.approx(22 / 1024)
     assert sign_test(10, 0) == pytest.approx(2 / 1024)
     assert sign_test(1, 9) == sign_test(9, 1)
-    # the exact test (n <= 5000) and the normal approximation (n > 5000) agree at the switch
-    exact, approx = sign_test(2600, 2400), sign_test(2601, 2400)
-    assert 0.004 < exact < 0.006
-    assert approx == pytest.approx(exact, rel=0.1)
-    assert sign_test(30_500, 29_500) < 1e-4
+    # the exact tail agrees with big-integer arithmetic
+    n, low = 1000, 470
+    exact_int = 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n
+    assert sign_test(n - low, low) == pytest.approx(exact_int, rel=1e-9)
+    # the exact test (n <= 100,000) and the normal approximation (beyond) agree at the switch
+    exact, approx = sign_test(50_400, 49_600), sign_test(50_401, 49_600)
+    assert 0.01 < exact < 0.02
+    assert approx == pytest.approx(exact, rel=0.05)
     with pytest.raises(ConfigError):
         sign_test(-1, 2)

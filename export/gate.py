@@ -179,12 +179,12 @@ def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, mi
     base_score = evaluator.evaluate(base, base_docs)
     trained_score = evaluator.evaluate(trained, base_docs if shared_documents else None)
     delta = trained_score - base_score
-    promoted = bool(trained_score >= base_score + min_delta) and np.isfinite(trained_score)
+    promoted = bool(trained_score >= base_score + min_delta and np.isfinite(trained_score))
     verdict = "promoted" if promoted else "REFUSED (the trained student is worse than its base)"
     reason = (f"{evaluator.metric} on {len(evaluator.qids)} dev queries / {len(evaluator.doc_ids)} docs: "
               f"base {base_score:.4f}, trained {trained_score:.4f} ({delta:+.4f}): {verdict}")
     logger.info("gate: %s", reason)
-    return GateResult(evaluator.metric, base_score, trained_score, delta, min_delta, promoted,
+    return GateResult(evaluator.metric, float(base_score), float(trained_score), float(delta), min_delta, promoted,
                       len(evaluator.qids), len(evaluator.doc_ids), reason)
 
 

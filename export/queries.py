@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 ALL_STYLES = ("keyword", "claim", "question", "title")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9\-]*[A-Za-z0-9]|[A-Za-z]")
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
+_SENT = re.compile(r"(?<=[.!?])\s+")
 _STOP = frozenset("""a about above after again against all also am an and any are as at be because been before
 being below between both but by can could did do does doing down during each either few for from further
 had has have having he her here hers herself him himself his how however i if in into is it its itself
@@ -270,8 +270,12 @@ def generate_queries(corpus: Mapping[str, Doc], generator: QueryGenerator, *, pe
     offset = 0
     for doc_id in ids:
         for j in range(per_doc):
-            style = styles[(offset + j) % len(styles)]
-            text = generator.generate(corpus[doc_id], style, rng)
+            text = None
+            for k in range(len(styles)):  # the planned style, else the next one that works
+                style = styles[(offset + j + k) % len(styles)]
+                text = generator.generate(corpus[doc_id], style, rng)
+                if text is not None:
+                    break
             if text is None:
                 continue
             text = " ".join(text.split())

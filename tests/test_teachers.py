@@ -160,3 +160,25 @@ def test_mining_lists_positives_denoising_and_roundtrip(bm25, tiny_bi_encoder, t
     bm25_only = mine_candidates(queries, corpus, teacher=teacher, bm25=bm25, config=cfg)
     assert all(c.positives == [] and c.teacher_rank_of_positive == -1 for c in bm25_only)
     assert rrf([["a", "b"], ["b", "c"]])[0] == "b"
+
+
+def test_cross_encoder_teacher_training_learns_to_rerank(bm25, tiny_bi_encoder, corpus, tmp_path):
+    from esdistill.export.gate import select_teacher
+    from esdistill.export.queries import RuleBasedGenerator, generate_queries
+    from esdistill.export.teacher_train import CrossEncoderTrainConfig, train_cross_encoder
+
+    syn = generate_queries(corpus, RuleBasedGenerator.fit(corpus), per_doc=2, seed=0)
+    lists = mine_candidates({q.query_id: q.text for q in syn}, corpus, teacher=BM25Teacher(bm25), bm25=bm25,
+                            positives={q.query_id: [q.doc_id] for q in syn},
+                            config=MiningConfig(list_size=6, pool_depth=8, pool_size=8))
+    cfg = CrossEncoderTrainConfig(epochs=4, lr=1e-3, max_length=64, lists_per_step=4, list_size=6)
+    untrained = train_cross_encoder(lists, corpus, base=tiny_bi_encoder, out_dir=tmp_path / "ce0",
+                                    config=CrossEncoderTrainConfig(**{**cfg.__dict__, "epochs": 1, "lr": 1e-9}))
+    trained = train_cross_encoder(lists, corpus, base=tiny_bi_encoder, out_dir=tmp_path / "ce", config=cfg)
+    teachers = {"untrained": CrossEncoderTeacher(untrained, max_length=64),
+                "trained": CrossEncoderTeacher(trained, max_length=64)}
+    best, scores = select_teacher(teachers, lists, corpus)
+    assert best == "trained" and scores["trained"] > scores["untrained"] + 0.1, scores
+    assert isinstance(build_teacher(str(trained)), CrossEncoderTeacher)
+    with pytest.raises(ConfigError, match="weights"):
+        CrossEncoderTrainConfig(label_weight=0, distill_weight=0)

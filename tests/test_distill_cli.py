@@ -1,0 +1,70 @@
+"""``esdistill distill`` / ``adapt`` end to end on the tiny model and collection: synthetic queries,
+teacher selection on the pseudo-dev set, mining, training, the gate and the int8 export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from esdistill.export.mining import MiningConfig  # noqa: E402
+from esdistill.export.pipeline import DistillConfig, run_distill  # noqa: E402
+from esdistill.export.train import TrainConfig  # noqa: E402
+from esdistill.plugin._errors import ConfigError  # noqa: E402
+from esdistill.plugin.cli import main  # noqa: E402
+from esdistill.plugin.manifest import Manifest  # noqa: E402
+
+TRAIN = dict(batch_size=4, lr=2e-3, epochs=3, max_seq_length=64, max_query_length=32, show_progress=False,
+             teacher_temperature=0.5)
+
+
+def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
+        es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder, tmp_path, monkeypatch):
+    cfg = DistillConfig(
+        corpus=tiny_collection, out=tmp_path / "run", student=str(tiny_bi_encoder), teacher="auto",
+        auto_teachers=(f"bi:{tiny_bi_encoder}", "bm25", f"0.5*bi:{tiny_bi_encoder}+0.5*bm25"),
+        synthetic=80, dev_size=10, mining=MiningConfig(list_size=6, pool_depth=10, pool_size=12),
+        train=TrainConfig(**TRAIN), index_prefix=index_prefix + "-", show_progress=False,
+    )
+    summary = run_distill(cfg, es=es_client)
+    run = tmp_path / "run"
+    sel = json.loads((run / "teacher_selection.json").read_text())
+    assert set(sel["scores"]) == set(cfg.auto_teachers)
+    assert sel["chosen"] == max(sel["scores"], key=sel["scores"].get)
+    assert summary["dev_queries"] == 10 and summary["synthetic_queries"] >= 70
+    assert summary["dev_origin"].startswith("held-out")
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["promoted"] == (gate["trained"] >= gate["base"])
+    assert gate["promoted"], gate["reason"]  # the tiny random student learns from BM25-grade teachers
+    manifest = Manifest.load(run / "onnx")
+    assert manifest.quantization.startswith("int8") and summary["export"]["passed"]
+    assert (run / "lists.train.jsonl").is_file() and (run / "queries.synthetic.jsonl").is_file()
+    # a rerun rescored nothing: every teacher score came from the content-addressed cache
+    again = run_distill(cfg, es=es_client)
+    assert again["score_cache"]["misses"] == 0 and again["score_cache"]["hits"] > 0
+
+
+def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder,
+                                            tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    out = tmp_path / "cli"
+    code = main(["distill", "--corpus", str(tiny_collection), "--queries", str(tiny_collection / "queries.jsonl"),
+                 "--qrels", str(tiny_collection / "qrels" / "test.tsv"), "--synthetic", "40", "--dev-size", "8",
+                 "--student", str(tiny_bi_encoder), "--teacher", "bm25", "--loss", "margin-mse",
+                 "--list-size", "4", "--pool-depth", "8", "--epochs", "1", "--batch-size", "4",
+                 "--max-seq-length", "64", "--query-side-only", "--no-export", "--no-progress",
+                 "--index-prefix", index_prefix + "-", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == (0 if summary["gate"]["promoted"] else 8)
+    assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]
+    assert summary["train"]["document_model"] == str(tiny_bi_encoder)
+    assert not (out / "onnx").exists()
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--qrels needs --queries"):
+        DistillConfig(corpus=tmp_path, out=tmp_path, qrels="x.tsv")
+    with pytest.raises(ConfigError, match="no training queries"):
+        DistillConfig(corpus=tmp_path, out=tmp_path, synthetic=0)

@@ -112,6 +112,8 @@ def find_java(min_major: int = MIN_JAVA) -> Path:
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     """True when something already holds ``port`` (we cannot bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as servers do: a port in TIME_WAIT after a killed node is free to bind again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -454,4 +456,5 @@ class LocalElasticsearch:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             _wait_exit(pid, 30.0)
+            self._reap()
         return pid

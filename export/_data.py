@@ -19,7 +19,7 @@ from pathlib import Path
 
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["Doc", "load_corpus", "load_queries", "load_qrels", "write_queries", "write_qrels"]
+__all__ = ["Doc", "load_corpus", "load_qrels", "load_queries", "write_qrels", "write_queries"]
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,7 @@ def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
 def write_queries(path: str | os.PathLike[str], queries: dict[str, str]) -> None:
     """Write ``{qid: text}`` as ``queries.jsonl``."""
     with open(path, "w", encoding="utf-8") as f:
-        for qid, text in queries.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+        f.writelines(json.dumps({"_id": qid, "text": text}) + "\n" for qid, text in queries.items())
 
 
 def write_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) -> None:
@@ -137,5 +136,4 @@ def write_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) 
     with open(path, "w", encoding="utf-8") as f:
         f.write("query-id\tcorpus-id\tscore\n")
         for qid, docs in qrels.items():
-            for did, grade in docs.items():
-                f.write(f"{qid}\t{did}\t{grade}\n")
+            f.writelines(f"{qid}\t{did}\t{grade}\n" for did, grade in docs.items())

@@ -22,13 +22,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-
 from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["RetrievalEvaluator", "GateResult", "promotion_gate", "evaluate_run", "select_teacher",
-           "dev_corpus"]
+__all__ = [
+    "GateResult",
+    "RetrievalEvaluator",
+    "dev_corpus",
+    "evaluate_run",
+    "promotion_gate",
+    "select_teacher",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
 
 __all__ = [
+    "LOSSES",
+    "CombinedLoss",
     "DistillLoss",
+    "InfoNCELoss",
     "ListwiseKLLoss",
     "MarginMSELoss",
     "PairwiseDistillLoss",
-    "InfoNCELoss",
     "PlackettLuceLoss",
-    "CombinedLoss",
-    "LOSSES",
     "build_loss",
 ]
 

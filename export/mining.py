@@ -28,20 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from esdistill.export._data import Doc
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable
 
 __all__ = [
     "Bm25Index",
+    "CandidateList",
     "DenseRetriever",
     "MiningConfig",
-    "CandidateList",
+    "load_lists",
     "mine_candidates",
     "retrieve_pools",
-    "save_lists",
-    "load_lists",
     "rrf",
+    "save_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,11 +76,11 @@ class Bm25Index:
         self.fingerprint = h.hexdigest()
         self._created = False
 
-    def __enter__(self) -> Bm25Index:
+    def __enter__(self) -> Bm25Index:  # noqa: PYI034
         self.create()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def id_of_text(self, text: str) -> str | None:
@@ -285,7 +284,7 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
                      if best_pos is not None and pool[j] not in pos and scores[j] >= best_pos]
         others = [j for j in by_score if pool[j] not in pos]
         room = max(cfg.list_size - len(pos), 0)
-        n_top = min(room, int(round(room * cfg.top_fraction)))
+        n_top = min(room, round(room * cfg.top_fraction))
         chosen = others[:n_top]
         rest = others[n_top:]
         chosen += rng.sample(rest, min(room - n_top, len(rest)))
@@ -330,8 +329,7 @@ def save_lists(path: str | os.PathLike[str], lists: Sequence[CandidateList]) -> 
     """Write candidate lists as JSONL."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for c in lists:
-            f.write(json.dumps(asdict(c)) + "\n")
+        f.writelines(json.dumps(asdict(c)) + "\n" for c in lists)
 
 
 def load_lists(path: str | os.PathLike[str]) -> list[CandidateList]:

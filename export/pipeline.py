@@ -41,7 +41,7 @@ from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cach
 from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["DistillConfig", "run_distill", "AUTO_TEACHERS"]
+__all__ = ["AUTO_TEACHERS", "DistillConfig", "run_distill"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class DistillConfig:
         corpus: ``corpus.jsonl`` or a BEIR folder.
         out: the run folder.
         queries: training queries (``None``: synthetic only).
-        qrels: qrels of the training queries (positives; optional).
+        qrels: qrels of the training queries (positives; optional). When given, only the queries
+            that have qrels are used (a BEIR ``queries.jsonl`` holds every split).
         dev_queries / dev_qrels: a labelled dev set for the gate (default: held-out queries).
         student: the base student.
         teacher: teacher spec (see :func:`~esdistill.export.teachers.build_teacher`) or ``auto``
@@ -159,6 +160,13 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     # ---------------------------------------------------------------- queries
     given = load_queries(cfg.queries) if cfg.queries else {}
     given_qrels = load_qrels(cfg.qrels) if cfg.qrels else {}
+    if given_qrels:
+        # a BEIR queries.jsonl holds every split: with qrels, train only on the judged queries so
+        # that test queries never leak into training
+        unjudged = [q for q in given if q not in given_qrels]
+        if unjudged:
+            logger.info("ignoring %d queries that have no qrels in %s", len(unjudged), cfg.qrels)
+        given = {q: t for q, t in given.items() if q in given_qrels}
     positives: dict[str, list[str]] = {q: [d for d, g in r.items() if g > 0 and d in corpus]
                                        for q, r in given_qrels.items()}
     n_syn = cfg.synthetic if cfg.synthetic is not None else (0 if given else 2000)
@@ -204,8 +212,10 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         # ------------------------------------------------------------ teacher
         t = time.time()
 
+        shared: dict[str, Any] = {}
+
         def make(spec: str) -> Any:
-            return with_cache(build_teacher(spec, bm25_index=bm25, embedding_cache=cache_dir,
+            return with_cache(build_teacher(spec, bm25_index=bm25, embedding_cache=cache_dir, shared=shared,
                                             show_progress=False, max_seq_length=cfg.teacher_max_seq_length),
                               score_cache)
 

@@ -36,13 +36,13 @@ from esdistill.plugin._errors import ConfigError
 
 __all__ = [
     "ALL_STYLES",
-    "SyntheticQuery",
+    "CallableGenerator",
     "QueryGenerator",
     "RuleBasedGenerator",
-    "CallableGenerator",
-    "load_generator",
-    "generate_queries",
+    "SyntheticQuery",
     "filter_grounded",
+    "generate_queries",
+    "load_generator",
     "split_dev",
 ]
 
@@ -51,15 +51,7 @@ logger = logging.getLogger(__name__)
 ALL_STYLES = ("keyword", "claim", "question", "title")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9\-]*[A-Za-z0-9]|[A-Za-z]")
 _SENT = re.compile(r"(?<=[.!?])\s+")
-_STOP = frozenset("""a about above after again against all also am an and any are as at be because been before
-being below between both but by can could did do does doing down during each either few for from further
-had has have having he her here hers herself him himself his how however i if in into is it its itself
-just may me might more most must my myself no nor not now of off on once only or other our ours ourselves
-out over own same she should so some such than that the their theirs them themselves then there these they
-this those through to too under until up upon very via was we were what when where which while who whom
-why will with within without would you your yours yourself yourselves using used use based show shows
-showed shown study studies result results found one two three et al among however thus therefore whether
-well many much new non per""".split())
+_STOP = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "either", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "however", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "may", "me", "might", "more", "most", "must", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "upon", "very", "via", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "within", "without", "would", "you", "your", "yours", "yourself", "yourselves", "using", "used", "use", "based", "show", "shows", "showed", "shown", "study", "studies", "result", "results", "found", "one", "two", "three", "et", "al", "among", "however", "thus", "therefore", "whether", "well", "many", "much", "new", "non", "per"])
 _QUESTION_TEMPLATES = (
     ("what is the role of {a} in {b}", 2),
     ("how does {a} affect {b}", 2),
@@ -148,7 +140,7 @@ class RuleBasedGenerator:
         scored: dict[str, float] = {}
         for run in runs:
             for size in (3, 2, 1):
-                for i in range(0, max(len(run) - size + 1, 0)):
+                for i in range(max(len(run) - size + 1, 0)):
                     chunk = run[i:i + size]
                     key = " ".join(chunk).lower()
                     scored[key] = max(scored.get(key, 0.0),

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["ScoreCache", "CachedTeacher", "score_key"]
+__all__ = ["CachedTeacher", "ScoreCache", "score_key"]
 
 logger = logging.getLogger(__name__)
 

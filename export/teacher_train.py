@@ -29,10 +29,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
 from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.export.losses import InfoNCELoss, ListwiseKLLoss

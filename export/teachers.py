@@ -28,20 +28,19 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError, ModelError
 from esdistill.plugin.models import resolve_model
 
 __all__ = [
-    "Teacher",
+    "BM25Teacher",
     "BiEncoderTeacher",
     "CrossEncoderTeacher",
-    "BM25Teacher",
     "EnsembleTeacher",
-    "normalize_scores",
-    "model_fingerprint",
+    "Teacher",
     "build_teacher",
+    "model_fingerprint",
+    "normalize_scores",
     "with_cache",
 ]
 
@@ -370,7 +369,8 @@ def _is_cross_encoder(path: Path) -> bool:
 
 
 def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | os.PathLike[str] | None = None,
-                  normalization: str = "zscore", show_progress: bool = False, max_seq_length: int = 256) -> Any:
+                  normalization: str = "zscore", show_progress: bool = False, max_seq_length: int = 256,
+                  shared: dict[str, Any] | None = None) -> Any:
     """Build a teacher from a spec.
 
     Spec grammar: members joined by ``+``, each ``[WEIGHT*]NAME`` where NAME is ``bm25``,
@@ -384,6 +384,8 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
         normalization: per-query normalisation of ensemble members.
         show_progress: progress bars when embedding documents.
         max_seq_length: token limit of bi-encoder and cross-encoder members.
+        shared: a dict reused across calls so that equal members (same model and settings) are one
+            object: several ensembles over ``mpnet`` then embed the corpus once.
 
     Raises:
         ConfigError: a bad spec, or ``bm25`` without an index.
@@ -393,6 +395,13 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
         >>> build_teacher("0.5*mpnet+0.5*bm25", bm25_index=index)   # doctest: +SKIP
     """
     members: list[tuple[float, Any]] = []
+    pool = shared if shared is not None else {}
+
+    def get(key: str, factory: Any) -> Any:
+        if key not in pool:
+            pool[key] = factory()
+        return pool[key]
+
     for raw in spec.replace(" ", "").split("+"):
         weight, _, name = raw.rpartition("*")
         try:
@@ -404,19 +413,19 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
         if name == "bm25":
             if bm25_index is None:
                 raise ConfigError("the bm25 teacher needs an Elasticsearch BM25 index of the corpus")
-            members.append((w, BM25Teacher(bm25_index)))
-        elif name.startswith("ce:"):
-            members.append((w, CrossEncoderTeacher(name[3:], max_length=max_seq_length)))
-        elif name.startswith("bi:"):
-            members.append((w, BiEncoderTeacher(name[3:], embedding_cache=embedding_cache,
-                                                show_progress=show_progress, max_seq_length=max_seq_length)))
+            members.append((w, get(f"bm25:{id(bm25_index)}", lambda: BM25Teacher(bm25_index))))
+            continue
+        kind, ref_s = ("ce", name[3:]) if name.startswith("ce:") else ("bi", name[3:]) if name.startswith("bi:") \
+            else ("", name)
+        ref = resolve_model(ref_s)
+        if not kind:
+            kind = "ce" if isinstance(ref, Path) and _is_cross_encoder(ref) else "bi"
+        if kind == "ce":
+            members.append((w, get(f"ce:{ref}:{max_seq_length}",
+                                   lambda ref=ref: CrossEncoderTeacher(ref, max_length=max_seq_length))))
         else:
-            ref = resolve_model(name)
-            if isinstance(ref, Path) and _is_cross_encoder(ref):
-                members.append((w, CrossEncoderTeacher(ref, max_length=max_seq_length)))
-            else:
-                members.append((w, BiEncoderTeacher(ref, embedding_cache=embedding_cache,
-                                                    show_progress=show_progress, max_seq_length=max_seq_length)))
+            members.append((w, get(f"bi:{ref}:{max_seq_length}:{embedding_cache}", lambda ref=ref: BiEncoderTeacher(
+                ref, embedding_cache=embedding_cache, show_progress=show_progress, max_seq_length=max_seq_length))))
     if len(members) == 1 and members[0][0] == 1.0:
         return members[0][1]
     return EnsembleTeacher(members, normalization=normalization)

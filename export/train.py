@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.export.losses import InfoNCELoss, build_loss
@@ -45,7 +44,7 @@ from esdistill.export.teachers import normalize_scores
 from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.models import resolve_model
 
-__all__ = ["TrainConfig", "TrainResult", "StudentEncoder", "train_student", "load_student"]
+__all__ = ["StudentEncoder", "TrainConfig", "TrainResult", "load_student", "train_student"]
 
 logger = logging.getLogger(__name__)
 _NORMS = ("zscore", "minmax", "rank", "none")

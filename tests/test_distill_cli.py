@@ -9,15 +9,17 @@ import pytest
 
 pytest.importorskip("torch")
 
-from esdistill.export.mining import MiningConfig  # noqa: E402
-from esdistill.export.pipeline import DistillConfig, run_distill  # noqa: E402
-from esdistill.export.train import TrainConfig  # noqa: E402
-from esdistill.plugin._errors import ConfigError  # noqa: E402
-from esdistill.plugin.cli import main  # noqa: E402
-from esdistill.plugin.manifest import Manifest  # noqa: E402
+from esdistill.export.mining import MiningConfig
+from esdistill.export.pipeline import DistillConfig, run_distill
+from esdistill.export.train import TrainConfig
+from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.cli import main
+from esdistill.plugin.manifest import Manifest
 
-TRAIN = dict(batch_size=4, lr=2e-3, epochs=3, max_seq_length=64, max_query_length=32, show_progress=False,
-             teacher_temperature=0.5)
+TRAIN = {
+    "batch_size": 4, "lr": 2e-3, "epochs": 3, "max_seq_length": 64, "max_query_length": 32,
+    "show_progress": False, "teacher_temperature": 0.5,
+}
 
 
 def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from esdistill.export.losses import (  # noqa: E402
+from esdistill.export.losses import (
     CombinedLoss,
     InfoNCELoss,
     ListwiseKLLoss,
@@ -18,7 +18,7 @@ from esdistill.export.losses import (  # noqa: E402
     PlackettLuceLoss,
     build_loss,
 )
-from esdistill.plugin._errors import ConfigError  # noqa: E402
+from esdistill.plugin._errors import ConfigError
 
 S = [0.2, 0.5, 0.1]
 T = [2.0, 0.0, -1.0]
@@ -98,7 +98,7 @@ def test_plackett_luce_value_translation_invariance_and_gradient():
     loss = PlackettLuceLoss(student_temperature=1.0, teacher_temperature=1.0)
     value, grad = _grad(loss)
     w = _softmax(T)  # teacher order: 0, 1, 2
-    lse = lambda xs: math.log(sum(math.exp(x) for x in xs))  # noqa: E731
+    lse = lambda xs: math.log(sum(math.exp(x) for x in xs))
     want = w[0] * (lse(S) - S[0]) + w[1] * (lse(S[1:]) - S[1]) + w[2] * 0.0
     assert value == pytest.approx(want, rel=1e-5)
     shifted, _ = _grad(loss, s=[x + 3.0 for x in S])

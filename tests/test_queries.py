@@ -6,7 +6,6 @@ import random
 import re
 
 import pytest
-
 from esdistill.export._data import Doc, load_corpus
 from esdistill.export.mining import CandidateList
 from esdistill.export.queries import (

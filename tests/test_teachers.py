@@ -8,10 +8,18 @@ import pytest
 
 pytest.importorskip("torch")
 
-from esdistill.export._data import load_corpus, load_qrels, load_queries  # noqa: E402
-from esdistill.export.mining import Bm25Index, DenseRetriever, MiningConfig, load_lists, mine_candidates, save_lists, rrf  # noqa: E402,E501
-from esdistill.export.score_cache import CachedTeacher, ScoreCache, score_key  # noqa: E402
-from esdistill.export.teachers import (  # noqa: E402
+from esdistill.export._data import load_corpus, load_qrels, load_queries
+from esdistill.export.mining import (
+    Bm25Index,
+    DenseRetriever,
+    MiningConfig,
+    load_lists,
+    mine_candidates,
+    rrf,
+    save_lists,
+)
+from esdistill.export.score_cache import CachedTeacher, ScoreCache, score_key
+from esdistill.export.teachers import (
     BiEncoderTeacher,
     BM25Teacher,
     CrossEncoderTeacher,
@@ -21,7 +29,7 @@ from esdistill.export.teachers import (  # noqa: E402
     normalize_scores,
     with_cache,
 )
-from esdistill.plugin._errors import ConfigError  # noqa: E402
+from esdistill.plugin._errors import ConfigError
 
 
 class Counting:
@@ -112,7 +120,7 @@ def test_bm25_teacher_and_cached_teacher_never_rescore(bm25, corpus, tmp_path):
 def test_ensemble_is_the_weighted_sum_of_normalised_members(bm25, tiny_bi_encoder, corpus, tmp_path):
     docs = [d.full for d in corpus.values()][:8]
     bi, b = BiEncoderTeacher(tiny_bi_encoder), BM25Teacher(bm25)
-    ens = build_teacher("0.7*bi:%s+0.3*bm25" % tiny_bi_encoder, bm25_index=bm25)
+    ens = build_teacher(f"0.7*bi:{tiny_bi_encoder}+0.3*bm25", bm25_index=bm25)
     assert isinstance(ens, EnsembleTeacher)
     q = "immune system vaccines"
     want = 0.7 * normalize_scores(bi.score(q, docs)) + 0.3 * normalize_scores(b.score(q, docs))
@@ -182,3 +190,11 @@ def test_cross_encoder_teacher_training_learns_to_rerank(bm25, tiny_bi_encoder, 
     assert isinstance(build_teacher(str(trained)), CrossEncoderTeacher)
     with pytest.raises(ConfigError, match="weights"):
         CrossEncoderTrainConfig(label_weight=0, distill_weight=0)
+
+
+def test_equal_members_are_shared_across_specs(bm25, tiny_bi_encoder):
+    shared: dict = {}
+    a = build_teacher(f"bi:{tiny_bi_encoder}", bm25_index=bm25, shared=shared)
+    b = build_teacher(f"0.5*bi:{tiny_bi_encoder}+0.5*bm25", bm25_index=bm25, shared=shared)
+    assert b.members[0][1] is a  # one object: the corpus is embedded once for both
+    assert build_teacher(f"bi:{tiny_bi_encoder}") is not a

@@ -11,16 +11,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from esdistill.export._data import load_corpus, load_qrels, load_queries  # noqa: E402
-from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_gate, select_teacher  # noqa: E402
-from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools  # noqa: E402
-from esdistill.export.queries import RuleBasedGenerator, generate_queries  # noqa: E402
-from esdistill.export.teachers import BiEncoderTeacher, BM25Teacher  # noqa: E402
-from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student  # noqa: E402
-from esdistill.plugin._errors import ConfigError  # noqa: E402
+from esdistill.export._data import load_corpus, load_qrels, load_queries
+from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_gate, select_teacher
+from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools
+from esdistill.export.queries import RuleBasedGenerator, generate_queries
+from esdistill.export.teachers import BiEncoderTeacher, BM25Teacher
+from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
+from esdistill.plugin._errors import ConfigError
 
-FAST = dict(batch_size=4, lr=2e-3, epochs=6, max_seq_length=64, max_query_length=32, show_progress=False,
-            teacher_temperature=0.5)
+FAST = {
+    "batch_size": 4, "lr": 2e-3, "epochs": 6, "max_seq_length": 64, "max_query_length": 32,
+    "show_progress": False, "teacher_temperature": 0.5,
+}
 
 
 @pytest.fixture(scope="module")

@@ -136,28 +136,77 @@ def _item_reason(result: dict[str, Any]) -> str:
     return f"Elasticsearch refused the document (HTTP {result.get('status')}): {err}"
 
 
+def _groups(pending: list[int], lines: Sequence[bytes], max_bytes: int) -> list[list[int]]:
+    """Split item positions into requests of at most ``max_bytes`` (at least one item each)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for pos in pending:
+        n = len(lines[pos])
+        if current and size + n > max_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(pos)
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _too_large(exc: BaseException) -> bool:
+    from elastic_transport import ApiError
+
+    return isinstance(exc, ApiError) and getattr(getattr(exc, "meta", None), "status", None) == 413
+
+
 def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryPolicy,
               stop: threading.Event | None = None, request_timeout: float = 120.0,
-              on_retry: Callable[[], None] | None = None) -> BulkOutcome:
+              on_retry: Callable[[], None] | None = None, max_bytes: int = 16 << 20) -> BulkOutcome:
     """Write pre-serialised ``index`` actions (one ``action\\nsource\\n`` per item), retrying
     transient failures of the whole request and of single items.
+
+    Requests are kept under ``max_bytes``; when Elasticsearch still answers 413 (request too large
+    for its ``http.max_content_length``) the request is halved, and a single document that is too
+    large on its own is returned as rejected, with that reason.
 
     Raises:
         IngestError: the cluster made no progress for ``policy.give_up_after`` seconds.
     """
-    pending = list(range(len(lines)))
-    rejected: list[tuple[int, str]] = []
-    ok = retries = 0
-    started = time.monotonic()
-    attempt = 0
+    if max_bytes < 1:
+        raise ConfigError(f"max_bytes={max_bytes} (expected a positive number of bytes)")
+    outcome = BulkOutcome(ok=0, rejected=[], retries=0)
     bulk = client.options(request_timeout=request_timeout).bulk
 
     def note_retry() -> None:
-        nonlocal retries
-        retries += 1
+        outcome.retries += 1
         if on_retry:
             on_retry()
 
+    work = _groups(list(range(len(lines))), lines, max_bytes)
+    while work:
+        group = work.pop(0)
+        try:
+            _send_group(bulk, index, lines, group, outcome, policy=policy, stop=stop, note_retry=note_retry)
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
+            if len(group) == 1:
+                reason = (f"Elasticsearch refused the document (HTTP 413): it is larger ({len(lines[group[0]])} "
+                          "bytes with its vector) than the cluster's http.max_content_length")
+                outcome.rejected.append((group[0], reason))
+            else:
+                half = len(group) // 2
+                logger.warning("bulk write to %s: request too large (413), splitting %d items in two",
+                               index, len(group))
+                work[:0] = [group[:half], group[half:]]
+    return outcome
+
+
+def _send_group(bulk: Callable[..., Any], index: str, lines: Sequence[bytes], pending: list[int],
+                outcome: BulkOutcome, *, policy: RetryPolicy, stop: threading.Event | None,
+                note_retry: Callable[[], None]) -> None:
+    started = time.monotonic()
+    attempt = 0
     while pending:
         body = [lines[i] for i in pending]
         resp = call_with_retry(lambda body=body: bulk(index=index, operations=body), what=f"bulk write to {index}",
@@ -170,11 +219,11 @@ def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryP
             result = next(iter(item.values()))
             status = int(result.get("status", 500))
             if 200 <= status < 300:
-                ok += 1
+                outcome.ok += 1
             elif status in _RETRY_STATUS:
                 again.append(pos)
             else:
-                rejected.append((pos, _item_reason(result)))
+                outcome.rejected.append((pos, _item_reason(result)))
         if len(again) < len(pending):
             started, attempt = time.monotonic(), 0  # progress: reset the give-up clock
         pending = again
@@ -188,4 +237,3 @@ def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryP
                            index, len(pending), attempt, delay)
             note_retry()
             _wait(delay, stop)
-    return BulkOutcome(ok=ok, rejected=rejected, retries=retries)

@@ -257,6 +257,7 @@ class IngestHook:
         refresh: refresh the index at the end, so the documents are searchable at once.
         vector_format: ``base64`` (Elasticsearch >= 9.3), ``floats`` or ``auto``.
         request_timeout: seconds per bulk request.
+        max_bulk_bytes: a chunk is split into bulk requests of at most this many bytes.
         description: label of the progress bar.
 
     Raises:
@@ -284,11 +285,12 @@ class IngestHook:
         refresh: bool = True,
         vector_format: str = "auto",
         request_timeout: float = 120.0,
+        max_bulk_bytes: int = 16 << 20,
         description: str | None = None,
     ) -> None:
-        if batch_size < 1 or queue_size < 1 or request_timeout <= 0:
-            raise ConfigError(f"batch_size={batch_size}, queue_size={queue_size}, request_timeout={request_timeout}"
-                              ": all must be positive")
+        if batch_size < 1 or queue_size < 1 or request_timeout <= 0 or max_bulk_bytes < 1:
+            raise ConfigError(f"batch_size={batch_size}, queue_size={queue_size}, request_timeout={request_timeout}, "
+                              f"max_bulk_bytes={max_bulk_bytes}: all must be positive")
         if vector_format not in ("auto", "base64", "floats"):
             raise ConfigError(f"vector_format={vector_format!r} (choose auto, base64 or floats)")
         self.client = client
@@ -314,6 +316,8 @@ class IngestHook:
         self.progress = progress
         self.refresh = refresh
         self.request_timeout = request_timeout
+        self.max_bulk_bytes = max_bulk_bytes
+        self._count_lock = threading.Lock()
         self.description = description or f"ingest {index}"
         self.vector_format = self._detect_vector_format() if vector_format == "auto" else vector_format
 
@@ -521,7 +525,7 @@ class IngestHook:
             return self.client.mget(index=self.index, ids=ids, source_includes=["content_hash", "model_fingerprint"])
 
         resp = call_with_retry(mget, what=f"lookup in {self.index}", policy=self.retry, stop=self._stop,
-                               on_retry=lambda: _bump(summary))
+                               on_retry=lambda: self._bump(summary))
         stored = {d["_id"]: d.get("_source", {}) for d in resp["docs"] if d.get("found")}
         fingerprint = self.manifest.fingerprint
         keep = []
@@ -562,7 +566,8 @@ class IngestHook:
             if chunk.to_embed:
                 lines = [self._line(doc, vec) for (_, doc), vec in zip(chunk.to_embed, chunk.vectors)]
                 outcome = send_bulk(self.client, self.index, lines, policy=self.retry, stop=self._stop,
-                                    request_timeout=self.request_timeout, on_retry=lambda: _bump(summary))
+                                    request_timeout=self.request_timeout, on_retry=lambda: self._bump(summary),
+                                    max_bytes=self.max_bulk_bytes)
                 rejected = outcome.rejected
                 summary.indexed += outcome.ok
                 refused = {pos for pos, _ in rejected}
@@ -581,6 +586,10 @@ class IngestHook:
                       dead_letter_size=dead.sync())
             bar.update(len(chunk.records))
 
+    def _bump(self, summary: IngestSummary) -> None:
+        with self._count_lock:
+            summary.retries += 1
+
     def _line(self, doc: PreparedDocument, vector: np.ndarray) -> bytes:
         source = dict(doc.source)
         source["content_hash"] = doc.content_hash
@@ -592,10 +601,6 @@ class IngestHook:
         action = json.dumps({"index": {"_id": doc.id}}, ensure_ascii=False)
         body = json.dumps(source, ensure_ascii=False, separators=(",", ":"))
         return f"{action}\n{body}\n".encode()
-
-
-def _bump(summary: IngestSummary) -> None:
-    summary.retries += 1
 
 
 def _dead_entry(rec: Record, doc_id: Any, reason: str, stage: str) -> dict[str, Any]:

@@ -27,17 +27,21 @@ class FlakyProxy:
             items and answer the first half with per-item 429s.
         bulk_delay: seconds to wait before forwarding each bulk request.
         always_503: answer every bulk request with 503 (to test giving up).
+        max_body: answer 413 to bulk requests larger than this many bytes (like a small
+            ``http.max_content_length``).
     """
 
     def __init__(self, upstream: str, *, bulk_429: int = 0, bulk_drop: int = 0, bulk_item_429: int = 0,
-                 bulk_delay: float = 0.0, always_503: bool = False) -> None:
+                 bulk_delay: float = 0.0, always_503: bool = False, max_body: int | None = None) -> None:
         parts = urlsplit(upstream)
         self.host, self.port = parts.hostname, parts.port
         self.plan = ["429"] * bulk_429 + ["drop"] * bulk_drop + ["item429"] * bulk_item_429
         self.bulk_delay = bulk_delay
         self.always_503 = always_503
+        self.max_body = max_body
+        self.bulk_sizes: list[int] = []
         self.bulk_spans: list[tuple[float, float]] = []
-        self.faults: dict[str, int] = {"429": 0, "drop": 0, "item429": 0, "503": 0}
+        self.faults: dict[str, int] = {"429": 0, "drop": 0, "item429": 0, "503": 0, "413": 0}
         self._lock = threading.Lock()
         proxy = self
 
@@ -103,13 +107,17 @@ class FlakyProxy:
     def _bulk(self, handler, body: bytes) -> None:
         started = time.monotonic()
         with self._lock:
-            action = "503" if self.always_503 else (self.plan.pop(0) if self.plan else "pass")
+            self.bulk_sizes.append(len(body))
+            if self.max_body is not None and len(body) > self.max_body:
+                action = "413"
+            else:
+                action = "503" if self.always_503 else (self.plan.pop(0) if self.plan else "pass")
             if action != "pass":
                 self.faults[action] += 1
         try:
             if self.bulk_delay:
                 time.sleep(self.bulk_delay)
-            if action in ("429", "503"):
+            if action in ("429", "503", "413"):
                 err = {"error": {"type": "es_rejected_execution_exception", "reason": "injected by the test"},
                        "status": int(action)}
                 self._reply(handler, int(action), [], json.dumps(err).encode())

@@ -257,7 +257,7 @@ def test_retries_429_dropped_connections_and_item_429_without_losing_anything(es
     finally:
         client.close()
         proxy.close()
-    assert proxy.faults == {"429": 2, "drop": 2, "item429": 2, "503": 0}
+    assert proxy.faults == {"429": 2, "drop": 2, "item429": 2, "503": 0, "413": 0}
     assert summary.retries == 6 and summary.indexed == 24 and summary.failed == 0
     assert not dead.exists() or dead.read_text() == ""
     assert _count(es_client, index) == 24
@@ -333,3 +333,25 @@ def test_vectors_as_floats_and_base64_are_the_same(es_client, index, encoder_a):
     IngestHook(es_client, index, encoder_a, vector_format="base64", progress=False).ingest([changed])
     score_b64 = es_client.search(index=index, knn=q, source=False)["hits"]["hits"][0]["_score"]
     assert np.isclose(score_floats, score_b64, atol=1e-6) and score_b64 > 0.99
+
+
+def test_large_chunks_are_split_and_a_document_too_large_is_dead_lettered(es_client, es_url, index, encoder_a,
+                                                                          tmp_path):
+    huge = {"_id": "huge", "title": "Huge", "text": "tidal energy " * 3000}  # ~39 kB: over the proxy's limit
+    docs = DOCS[:10] + [huge] + DOCS[10:]
+    proxy = FlakyProxy(es_url, max_body=20_000)
+    client = connect(proxy.url, max_retries=0)
+    dead = tmp_path / "dead.jsonl"
+    try:
+        summary = IngestHook(client, index, encoder_a, batch_size=25, max_bulk_bytes=2_000, dead_letter=dead,
+                             retry=FAST_RETRY, progress=False).ingest(docs)
+    finally:
+        client.close()
+        proxy.close()
+    assert (summary.indexed, summary.failed) == (24, 1)
+    # one chunk of 25, sent as several requests of at most 2 kB, plus the huge document alone (413)
+    assert len(proxy.bulk_sizes) >= 6 and proxy.faults["413"] == 1
+    assert sorted(proxy.bulk_sizes)[-2] <= 2_000 and max(proxy.bulk_sizes) > 20_000
+    (entry,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert entry["id"] == "huge" and "413" in entry["reason"] and entry["stage"] == "elasticsearch"
+    assert _count(es_client, index) == 24

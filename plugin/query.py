@@ -561,23 +561,64 @@ class QueryHook:
         budget_ms = self.config.default_budget_ms if budget_ms is None else budget_ms
         self._validate(text, k, mode, budget_ms, num_candidates)
         flist = _filters_list(filters)
+        chosen, want_rerank, interleave = self._plan(rerank, ab_key, arm)
+        deadline = None if budget_ms is None else t0 + float(budget_ms) / 1000.0
+        self._load_meta()
 
-        chosen: Arm | None = None
+        timings = {"embed": 0.0, "es": 0.0, "fuse": 0.0, "rerank": 0.0, "total": 0.0}
+        depth = max(k, self.config.rerank.top_n) if want_rerank and self.rerank_stage is not None else k
+        order, by_id, cached = self._candidates(text, mode, depth, num_candidates, flist, timings)
+        student_ids = [d for d, _ in order]
+
+        outcome = RerankOutcome(reason=REASON_NOT_REQUESTED)
+        rerank_scores: dict[str, float] = {}
+        final_ids = student_ids
+        if want_rerank and self.rerank_stage is None:
+            outcome = RerankOutcome(reason=REASON_NO_RERANKER)
+        elif want_rerank:
+            t = self._clock()
+            final_ids, rerank_scores, outcome = self._rerank(text, student_ids, by_id, deadline)
+            timings["rerank"] = (self._clock() - t) * 1000.0
+
+        query_id = uuid.uuid4().hex
+        teams: dict[str, str] = {}
+        if interleave and self.rerank_stage is not None:
+            il = team_draft_interleave(student_ids, final_ids, seed=query_id, k=k,
+                                       names=self.config.interleave_names)
+            final_ids, teams, variant = list(il.ids), dict(zip(il.ids, il.teams)), "interleaved"
+        else:
+            variant = "student+rerank" if outcome.count > 0 else "student"
+
+        score_of = dict(order)
+        hits_out = [
+            Hit(id=d, score=score_of[d], rank=rank, source=by_id[d].get("_source") or {},
+                rerank_score=rerank_scores.get(d), team=teams.get(d), index=by_id[d].get("_index"))
+            for rank, d in enumerate(final_ids[:k], start=1)
+        ]
+        timings["total"] = (self._clock() - t0) * 1000.0
+        response = SearchResponse(
+            query_id=query_id, query=text, mode=mode, k=k, hits=hits_out, variant=variant,
+            arm=chosen.name if chosen else None, rerank=outcome, timings=timings, embedding_cached=cached,
+        )
+        self._log_exposure(response, ab_key, bool(teams))
+        return response
+
+    def _plan(self, rerank: bool | None, ab_key: str | None, arm: str | None) -> tuple[Arm | None, bool, bool]:
+        """The request's arm, whether to rerank, and whether to interleave."""
         if arm is not None and self.ab is None:
             raise ConfigError(f"arm={arm!r} given but this hook runs no A/B test; pass ab=ABTest(...)")
-        if self.ab is not None:
-            chosen = self.ab.resolve(ab_key, override=arm)
-        interleave = bool(chosen and chosen.interleave) and rerank is not False
-        want_rerank = rerank if rerank is not None else bool(chosen and (chosen.rerank or chosen.interleave))
         if rerank and self.rerank_stage is None:
             raise ConfigError("rerank=True but this hook has no reranker; build it with reranker=load_reranker(DIR)")
-        deadline = None if budget_ms is None else t0 + float(budget_ms) / 1000.0
+        chosen = self.ab.resolve(ab_key, override=arm) if self.ab is not None else None
+        interleave = bool(chosen and chosen.interleave) and rerank is not False
+        want_rerank = rerank if rerank is not None else bool(chosen and (chosen.rerank or chosen.interleave))
+        return chosen, bool(want_rerank), interleave
 
-        self._load_meta()
-        timings = {"embed": 0.0, "es": 0.0, "fuse": 0.0, "rerank": 0.0, "total": 0.0}
-        top_n = self.config.rerank.top_n
-        depth = max(k, top_n) if want_rerank and self.rerank_stage is not None else k
-
+    def _candidates(
+        self, text: str, mode: str, depth: int, num_candidates: int | None, filters: list[dict[str, Any]],
+        timings: dict[str, float],
+    ) -> tuple[list[tuple[str, float]], dict[str, dict[str, Any]], bool]:
+        """Embed, retrieve and (hybrid) fuse: the student's top ``depth`` as (id, score), the raw hits."""
         vector, cached = None, False
         if mode != "bm25":
             t = self._clock()
@@ -587,71 +628,42 @@ class QueryHook:
         nc = num_candidates if num_candidates is not None else self.config.num_candidates
         nc = min(_MAX_NUM_CANDIDATES, max(nc if nc is not None else max(100, math.ceil(1.5 * fetch)), fetch))
         t = self._clock()
-        lists = self._retrieve(text, vector, mode, fetch, nc, flist)
+        lists = self._retrieve(text, vector, mode, fetch, nc, filters)
         timings["es"] = (self._clock() - t) * 1000.0
         self._check_physical(lists)
-
-        t = self._clock()
         by_id: dict[str, dict[str, Any]] = {}
         for hits in lists:
             for h in hits:
                 by_id.setdefault(h["_id"], h)
-        if mode == "hybrid":
-            ranked = [[(h["_id"], float(h["_score"] or 0.0)) for h in hits] for hits in lists]
-            w = self.config.linear_weight
-            fused = fuse(ranked, method=self.config.fusion, rrf_k=self.config.rrf_k,
-                         weights=None if self.config.fusion == "rrf" else [1.0 - w, w])
-            order = [(doc_id, score) for doc_id, score in fused[:depth]]
-            timings["fuse"] = (self._clock() - t) * 1000.0
-        else:
-            order = [(h["_id"], float(h["_score"] or 0.0)) for h in lists[0][:depth]]
+        if mode != "hybrid":
+            return [(h["_id"], float(h["_score"] or 0.0)) for h in lists[0][:depth]], by_id, cached
+        t = self._clock()
+        ranked = [[(h["_id"], float(h["_score"] or 0.0)) for h in hits] for hits in lists]
+        w = self.config.linear_weight
+        fused = fuse(ranked, method=self.config.fusion, rrf_k=self.config.rrf_k,
+                     weights=None if self.config.fusion == "rrf" else [1.0 - w, w])
+        timings["fuse"] = (self._clock() - t) * 1000.0
+        return fused[:depth], by_id, cached
 
-        outcome = RerankOutcome(reason=REASON_NOT_REQUESTED)
-        rerank_scores: dict[str, float] = {}
-        student_ids = [d for d, _ in order]
-        final_ids = student_ids
-        if want_rerank and self.rerank_stage is None:
-            outcome = RerankOutcome(reason=REASON_NO_RERANKER)
-        elif want_rerank:
-            t = self._clock()
-            head = student_ids[:top_n]
-            texts = [self._text_of(by_id[d].get("_source") or {}) for d in head]
-            result = self.rerank_stage.run(text, texts, deadline=deadline)  # type: ignore[union-attr]
-            outcome = result.outcome
-            rerank_scores = {head[i]: s for i, s in enumerate(result.scores) if s is not None}
-            final_ids = [head[i] for i in result.order] + student_ids[len(head):]
-            timings["rerank"] = (self._clock() - t) * 1000.0
+    def _rerank(
+        self, text: str, student_ids: list[str], by_id: dict[str, dict[str, Any]], deadline: float | None
+    ) -> tuple[list[str], dict[str, float], RerankOutcome]:
+        """The teacher's pass over the student's top N: new order, teacher scores, outcome."""
+        head = student_ids[: self.config.rerank.top_n]
+        texts = [self._text_of(by_id[d].get("_source") or {}) for d in head]
+        result = self.rerank_stage.run(text, texts, deadline=deadline)  # type: ignore[union-attr]
+        scores = {head[i]: s for i, s in enumerate(result.scores) if s is not None}
+        return [head[i] for i in result.order] + student_ids[len(head):], scores, result.outcome
 
-        query_id = uuid.uuid4().hex
-        teams: dict[str, str] = {}
-        if interleave and self.rerank_stage is not None:
-            il = team_draft_interleave(student_ids, final_ids, seed=query_id, k=k,
-                                       names=self.config.interleave_names)
-            final_ids = list(il.ids)
-            teams = dict(zip(il.ids, il.teams))
-            variant = "interleaved"
-        else:
-            variant = "student+rerank" if outcome.count > 0 else "student"
-
-        score_of = dict(order)
-        hits_out = []
-        for rank, doc_id in enumerate(final_ids[:k], start=1):
-            raw = by_id[doc_id]
-            hits_out.append(Hit(id=doc_id, score=score_of[doc_id], rank=rank, source=raw.get("_source") or {},
-                                rerank_score=rerank_scores.get(doc_id), team=teams.get(doc_id),
-                                index=raw.get("_index")))
-        timings["total"] = (self._clock() - t0) * 1000.0
-        response = SearchResponse(
-            query_id=query_id, query=text, mode=mode, k=k, hits=hits_out, variant=variant,
-            arm=chosen.name if chosen else None, rerank=outcome, timings=timings, embedding_cached=cached,
-        )
-        if self.exposure_log is not None:
-            extra: dict[str, Any] = {"mode": mode, "variant": variant, "reranked": outcome.reranked}
-            if teams:
-                extra["names"] = list(self.config.interleave_names)
-            self.exposure_log.record(query_id=query_id, key=ab_key, arm=response.arm, shown=response.ids,
-                                     teams=[h.team for h in hits_out] if teams else None, **extra)
-        return response
+    def _log_exposure(self, response: SearchResponse, ab_key: str | None, interleaved: bool) -> None:
+        if self.exposure_log is None:
+            return
+        extra: dict[str, Any] = {"mode": response.mode, "variant": response.variant,
+                                 "reranked": response.rerank.reranked}
+        if interleaved:
+            extra["names"] = list(self.config.interleave_names)
+        self.exposure_log.record(query_id=response.query_id, key=ab_key, arm=response.arm, shown=response.ids,
+                                 teams=[h.team for h in response.hits] if interleaved else None, **extra)
 
     def _text_of(self, source: Mapping[str, Any]) -> str:
         parts = [str(source[f]) for f in self.text_fields if source.get(f)]

@@ -241,7 +241,8 @@ class CandidateList:
 def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, teacher: Any,
                     bm25: Bm25Index | None = None, dense: DenseRetriever | None = None,
                     positives: Mapping[str, Iterable[str]] | None = None,
-                    config: MiningConfig | None = None, show_progress: bool = False) -> list[CandidateList]:
+                    config: MiningConfig | None = None, show_progress: bool = False,
+                    before_scoring: Any = None) -> list[CandidateList]:
     """Mine a teacher-scored candidate list for every query.
 
     Args:
@@ -254,6 +255,8 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
             they are always in the list.
         config: list and pool sizes.
         show_progress: a progress bar over queries.
+        before_scoring: called once with every pooled document id before the teacher scores
+            (e.g. to embed them all in large batches).
 
     Returns:
         One :class:`CandidateList` per query, in the order of ``queries``.
@@ -271,11 +274,18 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
     texts = [queries[q] for q in qids]
     bm25_hits = bm25.search_many(texts, cfg.pool_depth) if bm25 else [[] for _ in qids]
     dense_hits = dense.search_many(texts, cfg.pool_depth) if dense else [[] for _ in qids]
-    out: list[CandidateList] = []
-    for i, qid in enumerate(tqdm(qids, desc="mining", disable=not show_progress, unit="q")):
+    pools: list[list[str]] = []
+    pos_of: list[list[str]] = []
+    for i, qid in enumerate(qids):
         pos = [p for p in (positives or {}).get(qid, ()) if p in corpus]
         fused = rrf([[d for d, _ in bm25_hits[i]], [d for d, _ in dense_hits[i]]])
-        pool = list(dict.fromkeys(pos + [d for d in fused if d not in pos]))[:max(cfg.pool_size, len(pos) + 1)]
+        pools.append(list(dict.fromkeys(pos + [d for d in fused if d not in pos]))[:max(cfg.pool_size, len(pos) + 1)])
+        pos_of.append(pos)
+    if before_scoring is not None:
+        before_scoring([d for pool in pools for d in pool])
+    out: list[CandidateList] = []
+    for i, qid in enumerate(tqdm(qids, desc="mining", disable=not show_progress, unit="q")):
+        pos, pool = pos_of[i], pools[i]
         scores = np.asarray(teacher.score(texts[i], [corpus[d].full for d in pool]), dtype=np.float64)
         by_score = sorted(range(len(pool)), key=lambda j: -scores[j])
         rank_of_pos = next((r for r, j in enumerate(by_score) if pool[j] in pos), -1)

@@ -216,20 +216,30 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
 
         def make(spec: str) -> Any:
             return with_cache(build_teacher(spec, bm25_index=bm25, embedding_cache=cache_dir, shared=shared,
-                                            show_progress=False, max_seq_length=cfg.teacher_max_seq_length),
+                                            show_progress=cfg.show_progress, max_seq_length=cfg.teacher_max_seq_length),
                               score_cache)
+
+        def prepare_all(doc_ids: list[str]) -> None:
+            """Embed the pooled documents with every bi-encoder teacher in large batches, once."""
+            for member in shared.values():
+                if isinstance(member, BiEncoderTeacher):
+                    member.prepare([corpus[d].full for d in dict.fromkeys(doc_ids)])
+                    member.save_embeddings()
 
         dev_pos = {q: list(r) for q, r in dev_rels.items()}
         dev_pools = retrieve_pools(dev_q, bm25=bm25, dense=dense, positives=dev_pos,
                                    depth=cfg.mining.pool_depth)
+        pooled = [d for c in dev_pools for d in c.doc_ids]
         if cfg.teacher == "auto":
             candidates = {spec: make(spec) for spec in cfg.auto_teachers}
+            prepare_all(pooled)
             chosen, scores = select_teacher(candidates, dev_pools, corpus)
             teacher = candidates[chosen]
             selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
                          "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}
         else:
             teacher = make(cfg.teacher)
+            prepare_all(pooled)
             chosen, scores = select_teacher({cfg.teacher: teacher}, dev_pools, corpus)
             selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
         _write_json(out / "teacher_selection.json", selection)
@@ -239,6 +249,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         # ------------------------------------------------------------ mining
         t = time.time()
         lists = mine_candidates(train_q, corpus, teacher=teacher, bm25=bm25, dense=dense,
+                                before_scoring=prepare_all,
                                 positives={q: positives.get(q, []) for q in train_q}, config=cfg.mining,
                                 show_progress=cfg.show_progress)
         syn_ids = {q.query_id for q in synthetic}

@@ -152,6 +152,7 @@ class BiEncoderTeacher:
         self._model: Any = None
         self._docs: dict[str, np.ndarray] = {}
         self._queries: dict[str, np.ndarray] = {}
+        self._unsaved = 0
         self.embedding_cache = (Path(embedding_cache) / f"doc-embeddings-{self.fingerprint[3:19]}.npz"
                                 if embedding_cache else None)
         if self.embedding_cache and self.embedding_cache.is_file():
@@ -179,7 +180,11 @@ class BiEncoderTeacher:
                           dtype=np.float32)
 
     def prepare(self, docs: Sequence[str]) -> None:
-        """Embed every document not yet embedded (call once with the whole corpus)."""
+        """Embed every document not yet embedded (call once with the whole corpus).
+
+        The ``embedding_cache`` file is rewritten after large batches; call :meth:`save_embeddings`
+        at the end of a run to store the rest.
+        """
         todo = list(dict.fromkeys(d for d in docs if _text_key(d) not in self._docs))
         if not todo:
             return
@@ -187,13 +192,15 @@ class BiEncoderTeacher:
         vecs = self._encode([self.document_prefix + todo[i] for i in order], progress=self.show_progress)
         for j, i in enumerate(order):
             self._docs[_text_key(todo[i])] = vecs[j]
-        if self.embedding_cache:
+        self._unsaved += len(todo)
+        if self.embedding_cache and (self._unsaved >= 512 or len(todo) >= 64):
             self.save_embeddings()
 
     def save_embeddings(self) -> None:
         """Write the document embeddings to ``embedding_cache``."""
         if not self.embedding_cache or not self._docs:
             return
+        self._unsaved = 0
         self.embedding_cache.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self._docs)
         tmp = self.embedding_cache.with_suffix(".tmp.npz")

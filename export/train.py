@@ -152,7 +152,8 @@ class StudentEncoder:
 
     def _encode(self, model: Any, texts: Sequence[str]) -> np.ndarray:
         if not texts:
-            return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+            dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            return np.zeros((0, dim()), dtype=np.float32)
         was_training = model.training
         model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -52,7 +52,7 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
                                             tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
     out = tmp_path / "cli"
-    code = main(["distill", "--corpus", str(tiny_collection), "--queries", str(tiny_collection / "queries.jsonl"),
+    code = main(["distill", "--corpus", str(tiny_collection), "--out", str(out), "--queries", str(tiny_collection / "queries.jsonl"),
                  "--qrels", str(tiny_collection / "qrels" / "test.tsv"), "--synthetic", "40", "--dev-size", "8",
                  "--student", str(tiny_bi_encoder), "--teacher", "bm25", "--loss", "margin-mse",
                  "--list-size", "4", "--pool-depth", "8", "--epochs", "1", "--batch-size", "4",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from esdistill.plugin._errors import ConfigError, ModelError
+from esdistill.plugin._errors import ConfigError, IngestError, ModelError
 
 __all__ = ["register"]
 
@@ -145,10 +145,15 @@ def _ingest(args: argparse.Namespace) -> int:
     hook = IngestHook(client, args.index, encoder, text_fields=text_fields, id_field=args.id_field,
                       batch_size=args.batch_size, dead_letter=args.dead_letter, checkpoint=checkpoint,
                       progress=False if args.no_progress else None)
-    if stdin:
-        summary = hook.ingest_stream(sys.stdin.buffer, source="stdin")
-    else:
-        summary = hook.ingest_jsonl(args.file)
+    try:
+        summary = hook.ingest_stream(sys.stdin.buffer, source="stdin") if stdin else hook.ingest_jsonl(args.file)
+    except IngestError as exc:
+        if exc.summary is not None:
+            print(f"esdistill: stopped: {exc.summary.format()}", file=sys.stderr)
+        if checkpoint is not None:
+            print(f"esdistill: progress is saved in {checkpoint}; run the same command again to resume",
+                  file=sys.stderr)
+        raise
     _emit(args, summary.to_dict(), summary.format())
     return 0
 

@@ -20,7 +20,9 @@ then moves the alias in one atomic ``_aliases`` call. The old index stays for
     ('scifact-000002', 'scifact-000001')
 
 Writes that reach the old index while a reindex runs are detected (its count changes) and the swap
-is refused; re-run the reindex, or ingest again after the swap (ids are stable, so it is safe).
+is refused; re-run the reindex, or ingest again after the swap (ids are stable, so it is safe). An
+interrupted reindex is resumed by running it again: the unfinished newer version (same previous
+index, model and layout) is reused, and the documents already in it are not embedded again.
 """
 
 from __future__ import annotations
@@ -482,11 +484,23 @@ class IndexManager:
             changes["number_of_replicas"] = number_of_replicas
         spec = dataclasses.replace(spec, **changes)
         expected = self.count(old)
-        new = self._create_physical(encoder.manifest, spec, previous=old)
+        new = self._unfinished_reindex(old, encoder.manifest, spec)
+        if new is not None:
+            logger.info("resuming the unfinished reindex of %s into %s: documents already there are skipped",
+                        self.alias, new)
+        else:
+            new = self._create_physical(encoder.manifest, spec, previous=old)
         hook = IngestHook(self.client, new, encoder, text_fields=old_meta.text_fields, id_field="_id",
-                          batch_size=batch_size, skip_unchanged=False, progress=progress,
+                          batch_size=batch_size, skip_unchanged=True, progress=progress,
                           dead_letter=dead_letter, description=f"reindex {self.alias}")
-        summary = hook.ingest(self._scan(old, old_meta, page_size=page_size), total=expected)
+        try:
+            summary = hook.ingest(self._scan(old, old_meta, page_size=page_size), total=expected)
+        except IngestError as exc:
+            raise IngestError(
+                f"reindex of {self.alias!r} into {new} stopped: {exc}. The alias still points at {old}; run the "
+                "reindex again to resume (documents already in the new index are not embedded again).",
+                summary=exc.summary,
+            ) from exc
         got = self.count(new)
         after = self.count(old)
         problems = []
@@ -506,6 +520,22 @@ class IndexManager:
         self._point_alias_at(new, current=list(self._alias_targets()))
         return ReindexResult(alias=self.alias, old_index=old, new_index=new, docs=got,
                              seconds=time.perf_counter() - start, summary=summary)
+
+    def _unfinished_reindex(self, old: str, manifest: Manifest, spec: IndexSpec) -> str | None:
+        """A newer version left by an interrupted reindex of ``old`` with the same model and layout."""
+        for name in reversed(self.versions()):
+            if name <= old:
+                break
+            try:
+                meta = self.meta(name)
+            except ConfigError:
+                continue
+            found = self.spec_of(name)
+            if (meta.previous_index == old and meta.model_fingerprint == manifest.fingerprint
+                    and (found.index_options, found.vector_field, found.text_fields)
+                    == (spec.index_options, spec.vector_field, spec.text_fields)):
+                return name
+        return None
 
     def _scan(self, index: str, meta: IndexMeta, *, page_size: int) -> Iterator[dict[str, Any]]:
         """Every document of ``index`` as ``{"_id", ...stored fields}``, through a point-in-time."""

@@ -206,7 +206,8 @@ def test_reindex_can_change_index_options(es_client, index_prefix, encoder_a):
     assert mgr.count() == 24
 
 
-def test_cli_index_create_info_rollback(es_client, es_url, index_prefix, encoder_a, monkeypatch, capsys):
+def test_cli_index_create_info_reindex_rollback(es_client, es_url, index_prefix, encoder_a, encoder_b,
+                                                monkeypatch, capsys):
     from esdistill.plugin.cli import main
 
     model_dir = model_folder(encoder_a)
@@ -221,6 +222,18 @@ def test_cli_index_create_info_rollback(es_client, es_url, index_prefix, encoder
     assert info["current"] == created["index"] and info["versions"][0]["index_options"] == "flat"
     assert main(["index", "rollback", index_prefix]) == ConfigError.exit_code  # no previous index
     assert "no previous index" in capsys.readouterr().err
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest(json.loads(x) for x in
+                                                                           CORPUS.read_text().splitlines())
+    assert main(["index", "reindex", index_prefix, "--model", str(model_folder(encoder_b)), "--no-progress",
+                 "--json"]) == 0
+    swapped = json.loads(capsys.readouterr().out)
+    assert swapped["new_index"] == f"{index_prefix}-000002" and swapped["docs"] == 24
+    assert swapped["summary"]["model_fingerprint"] == encoder_b.manifest.fingerprint
+    assert main(["index", "rollback", index_prefix, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"alias": index_prefix, "from": swapped["new_index"],
+                                                   "to": created["index"]}
+    assert main(["index", "prune", index_prefix, "--keep", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] == [swapped["new_index"]]
     assert main(["index", "create", index_prefix, "--model", str(model_dir)]) == 2
     assert "exists already" in capsys.readouterr().err
 
@@ -233,3 +246,31 @@ def test_dataclass_round_trip_of_meta(es_client, index_prefix):
     spec = mgr.spec_of()
     assert spec.extra_properties == {"year": {"type": "integer"}}
     assert dataclasses.replace(spec, index_options="flat", m=None, ef_construction=None).index_options == "flat"
+
+
+class _CrashesOnCall:
+    """Wraps a real encoder and raises on its n-th call (an interrupted reindex)."""
+
+    def __init__(self, encoder, n):
+        self.inner, self.manifest, self.n, self.calls = encoder, encoder.manifest, n, 0
+
+    def encode_with_info(self, texts, **kw):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("simulated crash")
+        return self.inner.encode_with_info(texts, **kw)
+
+
+def test_an_interrupted_reindex_resumes_into_the_same_new_index(es_client, index_prefix, encoder_a, encoder_b):
+    mgr = IndexManager(es_client, index_prefix)
+    first = mgr.create(encoder_a.manifest)
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
+    with pytest.raises(IngestError, match="run the reindex again"):
+        mgr.reindex(_CrashesOnCall(encoder_b, 3), batch_size=5)
+    assert _alias_targets(es_client, index_prefix) == [first]
+    partial = mgr.count(f"{index_prefix}-000002")
+    assert partial == 10  # two chunks confirmed before the crash
+    result = mgr.reindex(encoder_b, batch_size=5)
+    assert result.new_index == f"{index_prefix}-000002" and mgr.versions() == [first, result.new_index]
+    assert (result.summary.unchanged, result.summary.indexed) == (partial, 24 - partial)
+    assert _alias_targets(es_client, index_prefix) == [result.new_index] and result.docs == 24

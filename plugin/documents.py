@@ -197,6 +197,8 @@ def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
                           "valid Unicode; fix the text at its source") from None
     except (TypeError, ValueError) as exc:  # NaN or Infinity: Elasticsearch refuses them
         raise BadDocument(f"the document cannot be serialized as JSON ({exc})") from None
+    except RecursionError:
+        raise BadDocument("the document is nested too deeply to be serialized as JSON") from None
     doc_id = _stable_id(given_id, spec.id_field) if given_id is not None else digest
     return PreparedDocument(id=doc_id, source=source, text=spec.separator.join(parts), content_hash=digest)
 

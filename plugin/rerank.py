@@ -8,8 +8,8 @@ picks the right one from the folder's manifest.
 :class:`RerankStage` runs a reranker for one query under three guarantees:
 
 * **Deadline.** Candidates are scored in small chunks in the student's order. Before each chunk the
-  stage compares the time left with its running estimate of a chunk's cost and stops when the chunk
-  would not fit (or no time is left). The reranked head is ordered by the teacher; the rest keeps the
+  stage compares the time left with its running estimate of the teacher's cost per candidate,
+  shrinks the chunk to what fits, and stops when not one more candidate fits (or no time is left). The reranked head is ordered by the teacher; the rest keeps the
   student's order, and the outcome says ``full``, ``partial`` or ``none`` and why.
 * **Circuit breaker.** After ``failure_threshold`` consecutive failures the stage stops calling the
   reranker for ``cooldown_s`` seconds, then lets one trial request through (half-open): a success
@@ -69,6 +69,8 @@ REASON_ERROR = "error"
 REASON_NOT_REQUESTED = "not_requested"
 REASON_NO_RERANKER = "no_reranker"
 REASON_NO_CANDIDATES = "no_candidates"
+#: how fast the per-candidate cost estimate shrinks while it keeps the teacher from running at all
+_ESTIMATE_DECAY = 0.9
 
 
 @runtime_checkable
@@ -410,18 +412,23 @@ class RerankStage:
             per_doc = seconds / max(n, 1)
             self._per_doc_s = per_doc if self._per_doc_s is None else 0.7 * self._per_doc_s + 0.3 * per_doc
 
-    def _fits(self, n: int, deadline: float) -> bool:
+    def _room(self, want: int, deadline: float) -> int:
+        """How many of the next ``want`` candidates fit before ``deadline`` (0: stop now)."""
         remaining = deadline - self._clock()
         if remaining <= 0:
-            return False
+            return 0
         with self._lock:
             est = self._per_doc_s
-            if est is None or est * n <= remaining:
-                return True
-            # The estimate says no. Let it decay, so that a teacher that was slow once is retried
-            # (and measured again) after a few skipped queries instead of never.
-            self._per_doc_s = est * 0.8
-            return False
+            if est is None or est <= 0:
+                return want
+            fit = int(remaining / est + 1e-6)  # float noise must not cost a whole candidate
+            if fit >= 1:
+                return min(want, fit)
+            # Not even one candidate fits by the estimate. Let the estimate decay, so that a teacher
+            # that was slow once (a hiccup) is measured again after some skipped queries instead of
+            # never; the retry then scores one candidate, which bounds the overshoot.
+            self._per_doc_s = est * _ESTIMATE_DECAY
+            return 0
 
     def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> RerankResult:
         """Rerank ``texts`` (the candidates, in the student's order) for ``query``.
@@ -451,9 +458,12 @@ class RerankStage:
         failed = called = False
         try:
             while done < n:
-                part = list(texts[done:done + chunk])
-                if deadline is not None and not self._fits(len(part), deadline):
-                    break
+                size = min(chunk, n - done)
+                if deadline is not None:
+                    size = self._room(size, deadline)
+                    if size == 0:
+                        break
+                part = list(texts[done:done + size])
                 called = True
                 t = self._clock()
                 got = np.asarray(self.reranker.score(query, part), dtype=np.float64).reshape(-1)

@@ -114,17 +114,17 @@ def test_no_deadline_reranks_everything_in_one_call():
 
 def test_deadline_stops_between_chunks_and_keeps_student_order_for_the_rest():
     clock = FakeClock()
-    rr = SlowReranker(clock, 0.010)  # 10 ms per candidate, 40 ms per chunk of 4
+    rr = SlowReranker(clock, 0.010)  # 10 ms per candidate
     stage = RerankStage(rr, config=RerankConfig(top_n=20, chunk_size=4), clock=clock)
-    res = stage.run("q", _docs(20), deadline=clock() + 0.100)  # room for two chunks
+    res = stage.run("q", _docs(20), deadline=clock() + 0.100)  # room for ten candidates
     out = res.outcome
-    assert out.reranked == "partial" and out.count == 8 and out.reason == "budget_exhausted"
-    assert out.candidates == 20 and out.ms == pytest.approx(80.0)
-    assert res.order[:8] == [7, 6, 5, 4, 3, 2, 1, 0]       # teacher's order for the scored head
-    assert res.order[8:] == list(range(8, 20))             # student's order for the rest
-    assert res.scores[8:] == [None] * 12
-    assert [len(c) for c in rr.calls] == [4, 4]
-    assert stage.per_doc_ms == pytest.approx(0.8 * 10.0)  # 10 ms learnt, decayed by the skipped chunk
+    assert out.reranked == "partial" and out.count == 10 and out.reason == "budget_exhausted"
+    assert out.candidates == 20 and out.ms == pytest.approx(100.0)
+    assert [len(c) for c in rr.calls] == [4, 4, 2]           # the last chunk shrinks to what fits
+    assert res.order[:10] == list(range(9, -1, -1))          # teacher's order for the scored head
+    assert res.order[10:] == list(range(10, 20))             # student's order for the rest
+    assert res.scores[10:] == [None] * 10
+    assert stage.per_doc_ms == pytest.approx(10.0)
 
 
 def test_spent_budget_gives_none_and_the_student_order():
@@ -137,17 +137,20 @@ def test_spent_budget_gives_none_and_the_student_order():
     assert stage.breaker.state == "closed"
 
 
-def test_a_known_slow_teacher_is_not_started_when_it_cannot_finish_a_chunk():
+def test_a_known_slow_teacher_only_gets_what_fits_and_is_retried_later():
     clock = FakeClock()
     rr = SlowReranker(clock, 0.050)
-    stage = RerankStage(rr, config=RerankConfig(chunk_size=2), clock=clock)
+    stage = RerankStage(rr, config=RerankConfig(chunk_size=4), clock=clock)
     stage.run("q", _docs(2))  # learns: 50 ms per candidate
-    res = stage.run("q", _docs(10), deadline=clock() + 0.060)  # 60 ms left < 100 ms per chunk
-    assert res.outcome.reranked == "none" and len(rr.calls) == 1
-    # the estimate decays while the teacher is skipped, so it is tried again later
-    for _ in range(10):
-        stage.run("q", _docs(10), deadline=clock() + 0.060)
-    assert len(rr.calls) > 1
+    res = stage.run("q", _docs(10), deadline=clock() + 0.120)
+    assert res.outcome.count == 2 and [len(c) for c in rr.calls] == [2, 2]  # two fit, not a chunk of four
+    calls = len(rr.calls)
+    res = stage.run("q", _docs(10), deadline=clock() + 0.030)  # not one candidate fits: not called
+    assert res.outcome.reranked == "none" and len(rr.calls) == calls
+    # the estimate decays while the teacher is skipped, so it is measured again later, one candidate
+    for _ in range(30):
+        stage.run("q", _docs(10), deadline=clock() + 0.030)
+    assert len(rr.calls) > calls and all(len(c) == 1 for c in rr.calls[calls:])
 
 
 # ------------------------------------------------------------------------------ failures, breaker

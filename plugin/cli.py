@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "esdistill.plugin._cli_serve",     # serve (needs the serve extra when run)
     "esdistill.export.cli",            # export (needs the export extra when run)
     "esdistill.export._cli_train",     # distill, adapt (needs the export extra when run)
+    "esdistill.export._cli_demo",      # demo: the README's main job
 )
 
 

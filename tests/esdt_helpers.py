@@ -10,8 +10,10 @@ import json
 import socket
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
-TINY_COLLECTION = DATA / "tiny"
+import esdistill.deploy
+
+#: the demo collection shipped with esdistill (24 docs, 8 queries, qrels; BEIR layout)
+TINY_COLLECTION = Path(esdistill.deploy.__file__).parent / "demo"
 
 
 def free_port() -> int:

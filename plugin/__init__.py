@@ -2,6 +2,14 @@
 
 Imports no torch and no transformers: only onnxruntime, tokenizers, numpy and the Elasticsearch
 client. Training and export live in :mod:`esdistill.export`.
+
+Example:
+    >>> from esdistill.plugin import connect, OnnxEncoder, IndexManager, IngestHook, QueryHook
+    >>> es = connect()                                       # doctest: +SKIP
+    >>> encoder = OnnxEncoder("runs/student-int8")           # doctest: +SKIP
+    >>> IndexManager(es, "docs").create(encoder.manifest)    # doctest: +SKIP
+    >>> IngestHook(es, "docs", encoder).ingest_jsonl("corpus.jsonl")  # doctest: +SKIP
+    >>> QueryHook(es, "docs", encoder).search("what is a black hole?", mode="hybrid")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,20 +24,44 @@ from esdistill.plugin._errors import (
     ModelError,
     ParityError,
 )
+from esdistill.plugin.ab import ABTest, Arm, ExposureLog
+from esdistill.plugin.cross_encoder import OnnxCrossEncoder
+from esdistill.plugin.encoder import EncodeResult, OnnxEncoder
 from esdistill.plugin.es_client import connect
+from esdistill.plugin.index import IndexManager, IndexSpec
+from esdistill.plugin.ingest import IngestHook, IngestSummary, RetryPolicy
+from esdistill.plugin.manifest import Manifest
 from esdistill.plugin.models import PACKAGED_MODELS, fetch_model, resolve_model
+from esdistill.plugin.query import QueryConfig, QueryHook, SearchResponse
+from esdistill.plugin.rerank import load_reranker
 
 __all__ = [
+    "ABTest",
+    "Arm",
     "ConfigError",
     "ElasticsearchUnavailable",
+    "EncodeResult",
     "EsdistillError",
+    "ExposureLog",
     "FingerprintError",
+    "IndexManager",
+    "IndexSpec",
     "IngestError",
+    "IngestHook",
+    "IngestSummary",
     "LauncherError",
+    "Manifest",
     "ModelError",
+    "OnnxCrossEncoder",
+    "OnnxEncoder",
     "PACKAGED_MODELS",
     "ParityError",
+    "QueryConfig",
+    "QueryHook",
+    "RetryPolicy",
+    "SearchResponse",
     "connect",
     "fetch_model",
+    "load_reranker",
     "resolve_model",
 ]

@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 
-from esdistill.deploy.es_local import ES_VERSION, LocalElasticsearch
+from esdistill.deploy.es_local import ELASTIC_USER, ES_VERSION, PASSWORD_ENV, LocalElasticsearch
 
 __all__ = ["register"]
 
 
 def _node(args: argparse.Namespace) -> LocalElasticsearch:
-    return LocalElasticsearch(port=args.port, version=args.version, data=args.data, heap=args.heap)
+    return LocalElasticsearch(port=args.port, version=args.version, data=args.data, heap=args.heap,
+                              security=args.secure)
 
 
 def _start(args: argparse.Namespace) -> int:
     node = _node(args)
     url = node.start(timeout=args.timeout)
     st = node.status()
-    print(f"Elasticsearch {st.version} is {st.health} at {url} (pid {st.pid}, folder {st.home})")
+    print(f"Elasticsearch {st.version} is {st.health} at {url} (pid {st.pid}, folder {st.home})"
+          + (" with TLS and a password" if st.secure else ""))
     print(f"  export ESDISTILL_ES_URL={url}")
+    if st.secure:
+        # where the secrets are, never the secrets themselves
+        print(f"  export ESDISTILL_ES_USER={ELASTIC_USER}")
+        print(f"  export ESDISTILL_ES_PASSWORD_FILE={st.password_file}")
+        print(f"  export ESDISTILL_ES_CA_CERTS={st.ca_cert}")
     return 0
 
 
@@ -53,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--version", default=ES_VERSION, help=f"Elasticsearch version (default {ES_VERSION})")
         p.add_argument("--data", default=None, help="node folder (default: <ESDISTILL_HOME>/nodes/<port>)")
         p.add_argument("--heap", default="1g", help="JVM heap, e.g. 512m or 1g (default 1g)")
+        p.add_argument("--secure", action="store_true",
+                       help="x-pack security on: HTTPS with a CA of the node's own and a password for the "
+                            f"'{ELASTIC_USER}' user (from {PASSWORD_ENV}, else generated and written to a "
+                            "0600 file in the node folder)")
         if name == "start":
             p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for green")
         if name == "status":

@@ -12,16 +12,32 @@ Example:
 The integ-test distribution has the server, HTTP transport and x-pack core + security only: no
 ``analysis-common`` (BM25 uses the ``standard`` analyzer), no painless, no RRF/inference/rerank
 (esdistill fuses and reranks client-side).
+
+**Secure mode** (opt in: ``LocalElasticsearch(security=True)``, ``esdistill es start --secure``) runs
+the same node with x-pack security on: HTTPS with a certificate for ``127.0.0.1``/``localhost``
+signed by a CA of the node's own (both made once by the distribution's ``elasticsearch-certutil``),
+and a password for the ``elastic`` user (the keystore's ``bootstrap.password``). The password comes
+from ``ESDISTILL_ES_PASSWORD`` or is generated; either way it is written to a file readable only by
+its owner (:attr:`LocalElasticsearch.password_file`) and never logged::
+
+    >>> node = LocalElasticsearch(port=9250, security=True)   # doctest: +SKIP
+    >>> node.start()                                          # doctest: +SKIP
+    'https://127.0.0.1:9250'
+    >>> node.ca_cert, node.password_file                      # doctest: +SKIP
+    (PosixPath('.../nodes/9250/config/certs/ca.crt'), PosixPath('.../nodes/9250/elastic-password'))
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -44,6 +60,11 @@ MIN_JAVA = 21
 _ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
 _DEP_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy"
 _ES_USER = "esdistill"
+#: the built-in superuser whose password secure mode sets
+ELASTIC_USER = "elastic"
+#: where secure mode reads the password from, when set (else one is generated)
+PASSWORD_ENV = "ESDISTILL_ES_PASSWORD"
+_MIN_PASSWORD = 8
 
 
 def _cache_dir() -> Path:
@@ -121,9 +142,12 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _http_json(url: str, timeout: float = 2.0) -> dict | None:
+def _http_json(url: str, timeout: float = 2.0, *, context: ssl.SSLContext | None = None,
+               auth: str | None = None) -> dict | None:
+    """GET ``url`` as JSON; ``None`` on any failure. ``auth``: an ``Authorization`` header value."""
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
             return json.loads(r.read().decode())
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -165,6 +189,9 @@ class NodeStatus:
     version: str | None = None
     health: str | None = None
     home: str | None = None
+    secure: bool = False
+    ca_cert: str | None = None
+    password_file: str | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -180,6 +207,11 @@ class LocalElasticsearch:
         data: the node's folder (config, data, logs, pid file). Default ``<home>/nodes/<port>``.
         heap: JVM heap, e.g. ``"512m"`` or ``"1g"``.
         home: where distributions are extracted (default :func:`default_home`).
+        extra_settings: more ``elasticsearch.yml`` settings (they win over esdistill's).
+        security: run with x-pack security: HTTPS (a CA and certificate of the node's own) and a
+            password for the ``elastic`` user. Off by default.
+        password: the ``elastic`` password in secure mode (default: ``ESDISTILL_ES_PASSWORD``, else
+            the one in :attr:`password_file`, else a generated one). Never logged.
     """
 
     port: int = 9200
@@ -188,6 +220,8 @@ class LocalElasticsearch:
     heap: str = "1g"
     home: Path | None = None
     extra_settings: dict[str, object] = field(default_factory=dict)
+    security: bool = False
+    password: str | None = field(default=None, repr=False)
     _launcher: subprocess.Popen | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -195,13 +229,34 @@ class LocalElasticsearch:
             raise ConfigError(f"--port {self.port} is not a TCP port; use 1..65535 (e.g. 9200)")
         if not self.heap or self.heap[-1].lower() not in "mg" or not self.heap[:-1].isdigit():
             raise ConfigError(f"--heap {self.heap!r} is not a JVM size; use e.g. 512m or 1g")
+        if self.password is not None and not self.security:
+            raise ConfigError("a password only applies to a secure node; pass security=True (--secure)")
+        if self.password is not None:
+            _check_password(self.password, "password=")
         self.home = Path(self.home) if self.home else default_home()
         self.data = Path(self.data) if self.data else self.home / "nodes" / str(self.port)
 
     # ----------------------------------------------------------------------------- paths
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.security else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA certificate that signed the node's HTTPS certificate (secure mode)."""
+        assert self.data is not None
+        return self.data / "config" / "certs" / "ca.crt"
+
+    @property
+    def password_file(self) -> Path:
+        """The file (mode 0600) holding the ``elastic`` user's password (secure mode)."""
+        assert self.data is not None
+        return self.data / "elastic-password"
+
+    @property
+    def _security_dir(self) -> Path:
+        assert self.data is not None
+        return self.data / "security"
 
     @property
     def dist_dir(self) -> Path:
@@ -239,7 +294,7 @@ class LocalElasticsearch:
                 f"-Dartifact={_ARTIFACT.format(version=self.version)}",
                 f"-DoutputDirectory={zip_path.parent}",
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode != 0 or not zip_path.exists():
                 raise LauncherError(
                     f"could not fetch Elasticsearch {self.version} with Maven (exit {proc.returncode}). "
@@ -282,13 +337,24 @@ class LocalElasticsearch:
         # guard against a recycled pid: it must be *our* node
         return pid if "org.elasticsearch" in cmdline and str(self.data) in cmdline else None
 
+    def _get(self, path: str, timeout: float = 2.0) -> dict | None:
+        """GET a path of the node as JSON (with the CA and the password in secure mode)."""
+        if not self.security:
+            return _http_json(f"{self.url}{path}", timeout)
+        password = self._known_password()
+        if password is None or not self.ca_cert.is_file():
+            return None
+        token = base64.b64encode(f"{ELASTIC_USER}:{password}".encode()).decode()
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        return _http_json(f"{self.url}{path}", timeout, context=context, auth=f"Basic {token}")
+
     def status(self) -> NodeStatus:
         """Report whether our node runs, its version and cluster health."""
         pid = self._pid()
-        health = _http_json(f"{self.url}/_cluster/health") if _port_open(self.port) else None
+        health = self._get("/_cluster/health") if _port_open(self.port) else None
         version = None
         if health is not None:
-            info = _http_json(f"{self.url}/_nodes/_local/version")
+            info = self._get("/_nodes/_local/version")
             if info and info.get("nodes"):
                 version = next(iter(info["nodes"].values())).get("version")
         return NodeStatus(
@@ -298,7 +364,92 @@ class LocalElasticsearch:
             version=version,
             health=(health or {}).get("status"),
             home=str(self.data),
+            secure=self.security,
+            ca_cert=str(self.ca_cert) if self.security else None,
+            password_file=str(self.password_file) if self.security else None,
         )
+
+    # ----------------------------------------------------------------------------- secure mode
+    def _known_password(self) -> str | None:
+        if self.password is not None:
+            return self.password
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _ensure_password(self) -> str:
+        """Decide the ``elastic`` password (argument, environment, file, or new) and store it 0600."""
+        password = self.password or os.environ.get(PASSWORD_ENV) or None
+        if password is not None:
+            _check_password(password, f"{PASSWORD_ENV}" if self.password is None else "password=")
+        else:
+            password = self._known_password() or secrets.token_urlsafe(24)
+        _write_private(self.password_file, password + "\n")
+        self.password = password
+        return password
+
+    def _tool(self, name: str, args: list[str], java_home: Path, conf: Path, *, stdin: str | None = None,
+              timeout: float = 180.0) -> None:
+        """Run one of the distribution's command-line tools (certutil, keystore)."""
+        env = dict(os.environ, ES_JAVA_HOME=str(java_home), ES_PATH_CONF=str(conf))
+        env.pop("JAVA_TOOL_OPTIONS", None)
+        proc = subprocess.run([str(self.dist_dir / "bin" / name), *args], input=stdin, check=False,
+                              capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode != 0:
+            raise LauncherError(f"`{name} {args[0]}` failed (exit {proc.returncode}) while setting up the secure "
+                                "node", log_tail="\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+
+    def _ensure_certs(self, java_home: Path, conf: Path) -> Path:
+        """Make (once) a CA and an HTTPS certificate for 127.0.0.1/localhost; return their folder."""
+        sec = self._security_dir
+        names = ("ca.crt", "ca.key", "node.crt", "node.key")
+        if all((sec / n).is_file() for n in names):
+            return sec
+        logger.info("creating a CA and an HTTPS certificate for the secure node in %s", sec)
+        shutil.rmtree(sec, ignore_errors=True)
+        sec.mkdir(parents=True)
+        self._tool("elasticsearch-certutil", ["ca", "--silent", "--pem", "--out", str(sec / "ca.zip")],
+                   java_home, conf)
+        with zipfile.ZipFile(sec / "ca.zip") as zf:
+            zf.extractall(sec / "ca-files")
+        ca_crt, ca_key = sec / "ca-files" / "ca" / "ca.crt", sec / "ca-files" / "ca" / "ca.key"
+        self._tool("elasticsearch-certutil",
+                   ["cert", "--silent", "--pem", "--ca-cert", str(ca_crt), "--ca-key", str(ca_key),
+                    "--ip", "127.0.0.1", "--dns", "localhost", "--name", "node", "--out", str(sec / "node.zip")],
+                   java_home, conf)
+        with zipfile.ZipFile(sec / "node.zip") as zf:
+            zf.extractall(sec / "node-files")
+        for src, name in ((ca_crt, "ca.crt"), (ca_key, "ca.key"), (sec / "node-files" / "node" / "node.crt",
+                          "node.crt"), (sec / "node-files" / "node" / "node.key", "node.key")):
+            shutil.move(str(src), sec / name)
+        for leftover in ("ca.zip", "node.zip", "ca-files", "node-files"):
+            p = sec / leftover
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for key in ("ca.key", "node.key"):
+            (sec / key).chmod(0o600)
+        return sec
+
+    def _secure_config(self, java_home: Path, conf: Path) -> dict[str, object]:
+        """Certificates into ``config/certs``, the password into the keystore; the settings to add."""
+        sec = self._ensure_certs(java_home, conf)
+        certs = conf / "certs"
+        certs.mkdir(exist_ok=True)
+        for name in ("ca.crt", "node.crt", "node.key"):
+            shutil.copy2(sec / name, certs / name)
+        password = self._ensure_password()
+        # the password goes in on stdin, never on a command line
+        self._tool("elasticsearch-keystore", ["add", "--force", "--stdin", "bootstrap.password"], java_home, conf,
+                   stdin=password + "\n")
+        return {
+            "xpack.security.enabled": True,
+            "xpack.security.http.ssl.enabled": True,
+            "xpack.security.http.ssl.key": "certs/node.key",
+            "xpack.security.http.ssl.certificate": "certs/node.crt",
+            "xpack.security.http.ssl.certificate_authorities": ["certs/ca.crt"],
+            # one node, no transport peers: TLS on the transport layer is not required
+            "xpack.security.transport.ssl.enabled": False,
+        }
 
     def _write_config(self, java_home: Path) -> Path:
         assert self.data is not None
@@ -322,6 +473,8 @@ class LocalElasticsearch:
             "xpack.security.enabled": False,
             "action.destructive_requires_name": False,
         }
+        if self.security:
+            settings.update(self._secure_config(java_home, conf))
         settings.update(self.extra_settings)
         (conf / "elasticsearch.yml").write_text(
             "".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items())
@@ -334,10 +487,10 @@ class LocalElasticsearch:
         """Return the user to run ES as (None: the current user). Creates it when root."""
         if os.geteuid() != 0:
             return None
-        if subprocess.run(["id", "-u", _ES_USER], capture_output=True).returncode != 0:
+        if subprocess.run(["id", "-u", _ES_USER], check=False, capture_output=True).returncode != 0:
             proc = subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _ES_USER],
-                capture_output=True, text=True,
+                check=False, capture_output=True, text=True,
             )
             if proc.returncode != 0:
                 raise LauncherError(
@@ -371,6 +524,8 @@ class LocalElasticsearch:
         user = self._ensure_user()
         if user is not None:
             subprocess.run(["chown", "-R", f"{user}:", str(self.data)], check=True)
+            if self.password_file.exists():  # the password stays ours, not the node user's
+                os.chown(self.password_file, os.getuid(), os.getgid())
             # every folder above the node folder must be traversable by that user
             for p in self.data.parents:
                 if p == Path("/"):
@@ -391,8 +546,8 @@ class LocalElasticsearch:
             keep = "ES_JAVA_HOME,ES_PATH_CONF,ES_TMPDIR"
             cmd = ["runuser", "-u", user, f"--whitelist-environment={keep}", "--", *cmd]
         self.pid_file.unlink(missing_ok=True)
-        logger.info("starting Elasticsearch %s on %s (heap %s, java %s)", self.version, self.url, self.heap,
-                    java_home)
+        logger.info("starting Elasticsearch %s on %s (heap %s, java %s%s)", self.version, self.url, self.heap,
+                    java_home, ", TLS and password" if self.security else "")
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -419,7 +574,7 @@ class LocalElasticsearch:
                     f"Elasticsearch exited during start-up (code {launcher.returncode}); "
                     f"see {self.log_file}", log_tail=_tail(self.log_file),
                 )
-            health = _http_json(f"{self.url}/_cluster/health?wait_for_status=green&timeout=1s", timeout=3)
+            health = self._get("/_cluster/health?wait_for_status=green&timeout=1s", timeout=3)
             if health and health.get("status") == "green" and self._pid() is not None:
                 return
             time.sleep(0.5)
@@ -458,3 +613,20 @@ class LocalElasticsearch:
             _wait_exit(pid, 30.0)
             self._reap()
         return pid
+
+
+def _check_password(password: str, where: str) -> None:
+    if not isinstance(password, str) or len(password) < _MIN_PASSWORD or password != password.strip():
+        raise ConfigError(f"{where}: the elastic password must be at least {_MIN_PASSWORD} characters without "
+                          "leading or trailing spaces (its value is not shown)")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only (0600 from the start)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

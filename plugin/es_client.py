@@ -9,6 +9,7 @@ Environment variables (all optional):
 ``ESDISTILL_ES_USER``       basic-auth user (with ``ESDISTILL_ES_PASSWORD``)
 ``ESDISTILL_ES_PASSWORD``   basic-auth password; ``ESDISTILL_ES_PASSWORD_FILE`` reads it from a file
 ``ESDISTILL_ES_CA_CERTS``   CA bundle to verify the cluster's TLS certificate
+``ESDISTILL_ES_TIMEOUT``    seconds to wait for one answer (default 30)
 ========================== ==========================================================
 """
 
@@ -26,6 +27,20 @@ __all__ = ["DEFAULT_URL", "check_cluster", "connect", "redact", "server_version"
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:9200"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _timeout_from_env() -> float:
+    raw = os.environ.get("ESDISTILL_ES_TIMEOUT")
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"ESDISTILL_ES_TIMEOUT={raw!r} is not a positive number of seconds (e.g. 30)")
+    return value
 
 
 def redact(url: str) -> str:
@@ -44,7 +59,7 @@ def connect(
     api_key: str | None = None,
     basic_auth: tuple[str, str] | None = None,
     ca_certs: str | None = None,
-    request_timeout: float = 30.0,
+    request_timeout: float | None = None,
     check: bool = True,
     **kwargs: Any,
 ):
@@ -55,13 +70,14 @@ def connect(
         api_key: API key; default ``ESDISTILL_ES_API_KEY``.
         basic_auth: (user, password); default from ``ESDISTILL_ES_USER`` / ``..._PASSWORD[_FILE]``.
         ca_certs: CA bundle path; default ``ESDISTILL_ES_CA_CERTS``.
-        request_timeout: per-request timeout in seconds.
+        request_timeout: per-request timeout in seconds; default ``ESDISTILL_ES_TIMEOUT`` or 30.
         check: ping the cluster now and raise a clear error when it cannot be used.
 
     Raises:
         ElasticsearchUnavailable: the cluster is unreachable, or refuses the credentials or
             certificate (the message says which, never the secret).
-        ConfigError: a credentials file cannot be read.
+        ConfigError: a credentials file cannot be read, ``ESDISTILL_ES_TIMEOUT`` is not a number, the
+            URL is malformed, or a CA file is given for a plain-HTTP URL.
     """
     from elasticsearch import Elasticsearch
 
@@ -77,6 +93,8 @@ def connect(
                 raise ConfigError(f"ESDISTILL_ES_PASSWORD_FILE={pw_file} cannot be read: {exc}") from None
         basic_auth = (os.environ["ESDISTILL_ES_USER"], password or "")
     ca_certs = ca_certs or os.environ.get("ESDISTILL_ES_CA_CERTS") or None
+    if request_timeout is None:
+        request_timeout = _timeout_from_env()
     opts: dict[str, Any] = dict(request_timeout=request_timeout, **kwargs)
     if api_key:
         opts["api_key"] = api_key
@@ -84,17 +102,28 @@ def connect(
         opts["basic_auth"] = basic_auth
     if ca_certs:
         opts["ca_certs"] = ca_certs
-    client = Elasticsearch(url, **opts)
+    if ca_certs and not url.lower().startswith("https://"):
+        raise ConfigError(f"a CA file is given (ESDISTILL_ES_CA_CERTS) but the URL {redact(url)} is not https://: "
+                          "use the cluster's https:// URL, or unset ESDISTILL_ES_CA_CERTS for a plain-HTTP cluster")
+    try:
+        client = Elasticsearch(url, **opts)
+    except ValueError as exc:  # a malformed URL or contradictory options (the text may quote the URL)
+        reason = str(exc).replace(url, redact(url))
+        raise ConfigError(f"cannot build an Elasticsearch client for {redact(url)}: {reason}. Check "
+                          "ESDISTILL_ES_URL and the other ESDISTILL_ES_* settings") from None
     if check:
-        check_cluster(client, url)
+        check_cluster(client, url, timeout=request_timeout)
     return client
 
 
-def check_cluster(client: Any, url: str) -> dict:
-    """Ask for cluster health; translate every failure into :class:`ElasticsearchUnavailable`."""
-    from elasticsearch import AuthenticationException, AuthorizationException
+def check_cluster(client: Any, url: str, *, timeout: float | None = None) -> dict:
+    """Ask for cluster health; translate every failure into :class:`ElasticsearchUnavailable`.
+
+    ``timeout`` (the client's request timeout, in seconds) only goes into the message.
+    """
+    from elastic_transport import ConnectionTimeout, TlsError
+    from elasticsearch import AuthenticationException, AuthorizationException, TransportError
     from elasticsearch import ConnectionError as EsConnectionError
-    from elasticsearch import TransportError
 
     shown = redact(url)
     try:
@@ -109,15 +138,23 @@ def check_cluster(client: Any, url: str) -> dict:
             f"Elasticsearch at {shown} accepted the credentials but refused cluster health (403); "
             "grant the user the 'monitor' cluster privilege."
         ) from None
-    except EsConnectionError as exc:
-        text = str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
-            raise ElasticsearchUnavailable(
-                f"the TLS certificate of {shown} is not trusted. Point ESDISTILL_ES_CA_CERTS at the "
-                "cluster's CA file (for a local node: <node>/config/certs/ca.crt)."
-            ) from None
+    except ConnectionTimeout:
+        waited = timeout if timeout is not None else DEFAULT_TIMEOUT_S
         raise ElasticsearchUnavailable(
-            f"cannot reach Elasticsearch at {shown}: {type(exc).__name__}. Is it running? "
+            f"Elasticsearch at {shown} did not answer within {waited:g} s: it is overloaded, stuck, or "
+            "something else listens there. Check the cluster, or wait longer with ESDISTILL_ES_TIMEOUT=SECONDS."
+        ) from None
+    except EsConnectionError as exc:
+        # the client reports a failed handshake as TlsError, often without the cause in its text
+        text = f"{exc} {exc!r}"
+        if isinstance(exc, TlsError) or "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+            raise ElasticsearchUnavailable(
+                f"the TLS handshake with {shown} failed: its certificate is not trusted. Point "
+                "ESDISTILL_ES_CA_CERTS at the cluster's CA file (for a local node: <node>/config/certs/ca.crt)."
+            ) from None
+        hint = " If the cluster uses TLS, the URL must start with https://." if shown.startswith("http://") else ""
+        raise ElasticsearchUnavailable(
+            f"cannot reach Elasticsearch at {shown}: {type(exc).__name__}. Is it running?{hint} "
             "Start a local node with `esdistill es start`, or set ESDISTILL_ES_URL."
         ) from None
     except TransportError as exc:

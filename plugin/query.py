@@ -10,7 +10,8 @@ One call, :meth:`QueryHook.search`, runs the stages a production query needs and
 3. **fuse** (hybrid): reciprocal rank fusion or a normalized linear combination, client-side, since
    RRF is a licensed feature not present on every cluster (:mod:`esdistill.plugin.fusion`);
 4. **rerank** (optional): the teacher rescoring the top N within the request's budget, behind a
-   circuit breaker (:mod:`esdistill.plugin.rerank`); a rerank failure never fails the query;
+   circuit breaker (:mod:`esdistill.plugin.rerank`); a rerank failure never fails the query, and a
+   teacher call that hangs past the deadline is abandoned (the student's ranking comes back on time);
 5. A/B: the arm of the request's key decides whether to rerank or to show a team-draft interleaving
    of the student's and the reranked ranking, and each answer goes to the exposure log
    (:mod:`esdistill.plugin.ab`).
@@ -46,11 +47,13 @@ from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, Fing
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, team_draft_interleave
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse
 from esdistill.plugin.rerank import (
+    REASON_BUDGET,
     REASON_NO_RERANKER,
     REASON_NOT_REQUESTED,
     RerankConfig,
     RerankOutcome,
     Reranker,
+    RerankResult,
     RerankStage,
 )
 
@@ -651,9 +654,46 @@ class QueryHook:
         """The teacher's pass over the student's top N: new order, teacher scores, outcome."""
         head = student_ids[: self.config.rerank.top_n]
         texts = [self._text_of(by_id[d].get("_source") or {}) for d in head]
-        result = self.rerank_stage.run(text, texts, deadline=deadline)  # type: ignore[union-attr]
+        result = self._run_stage(text, texts, deadline)
         scores = {head[i]: s for i, s in enumerate(result.scores) if s is not None}
         return [head[i] for i in result.order] + student_ids[len(head):], scores, result.outcome
+
+    def _run_stage(self, text: str, texts: list[str], deadline: float | None) -> RerankResult:
+        """Run the rerank stage; under a deadline, in a helper thread this query stops waiting for
+        when the deadline passes.
+
+        The stage stops between chunks when its estimate of the teacher's cost says the next chunk
+        will not fit, but it cannot interrupt a teacher call that hangs (or the first call, before
+        anything is known about the teacher). Such a call is abandoned: it finishes in the background
+        (its timing still teaches the stage's estimate) and this query gets the student's ranking,
+        on time.
+        """
+        stage = self.rerank_stage
+        assert stage is not None
+        if deadline is None or deadline - self._clock() <= 0:
+            return stage.run(text, texts, deadline=deadline)  # no deadline, or a stop before any call
+        started = self._clock()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = stage.run(text, texts, deadline=deadline)
+            except BaseException as exc:  # noqa: BLE001 - handed back to the query's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="esdistill-rerank", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - self._clock()))
+        if "result" in box:
+            return box["result"]
+        if "error" in box:
+            raise box["error"]
+        waited_ms = (self._clock() - started) * 1000.0
+        logger.warning("the reranker did not return within the budget (%.0f ms); answering with the student's "
+                       "ranking and leaving the call to finish in the background", waited_ms)
+        n = len(texts)
+        outcome = RerankOutcome(reranked="none", count=0, candidates=n, reason=REASON_BUDGET, ms=waited_ms)
+        return RerankResult(list(range(n)), [None] * n, outcome)
 
     def _log_exposure(self, response: SearchResponse, ab_key: str | None, interleaved: bool) -> None:
         if self.exposure_log is None:

@@ -69,8 +69,6 @@ REASON_ERROR = "error"
 REASON_NOT_REQUESTED = "not_requested"
 REASON_NO_RERANKER = "no_reranker"
 REASON_NO_CANDIDATES = "no_candidates"
-#: how fast the per-candidate cost estimate shrinks while it keeps the teacher from running at all
-_ESTIMATE_DECAY = 0.9
 
 
 @runtime_checkable
@@ -316,12 +314,16 @@ class RerankConfig:
             deadline control, larger = better throughput).
         failure_threshold: consecutive reranker failures that open the circuit breaker.
         cooldown_s: seconds the breaker stays open before a trial call.
+        remeasure_s: when the teacher's measured cost says not one candidate fits a request's
+            budget, it is skipped; at most this often one candidate is scored anyway to measure
+            it again.
     """
 
     top_n: int = 20
     chunk_size: int = 4
     failure_threshold: int = 3
     cooldown_s: float = 30.0
+    remeasure_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.top_n) <= 1000:
@@ -332,6 +334,8 @@ class RerankConfig:
             raise ConfigError(f"rerank failure_threshold={self.failure_threshold} must be >= 1")
         if not float(self.cooldown_s) >= 0:
             raise ConfigError(f"rerank cooldown_s={self.cooldown_s} must be >= 0")
+        if not float(self.remeasure_s) >= 0:
+            raise ConfigError(f"rerank remeasure_s={self.remeasure_s} must be >= 0")
 
 
 @dataclass
@@ -401,6 +405,7 @@ class RerankStage:
         self._clock = clock
         self._lock = threading.Lock()
         self._per_doc_s: float | None = None  # running estimate of the teacher's cost per candidate
+        self._measured_at = -float("inf")     # when the estimate was last measured
 
     @property
     def per_doc_ms(self) -> float | None:
@@ -409,12 +414,14 @@ class RerankStage:
 
     def _learn(self, seconds: float, n: int) -> None:
         with self._lock:
+            self._measured_at = self._clock()
             per_doc = seconds / max(n, 1)
             self._per_doc_s = per_doc if self._per_doc_s is None else 0.7 * self._per_doc_s + 0.3 * per_doc
 
     def _room(self, want: int, deadline: float) -> int:
         """How many of the next ``want`` candidates fit before ``deadline`` (0: stop now)."""
-        remaining = deadline - self._clock()
+        now = self._clock()
+        remaining = deadline - now
         if remaining <= 0:
             return 0
         with self._lock:
@@ -424,10 +431,13 @@ class RerankStage:
             fit = int(remaining / est + 1e-6)  # float noise must not cost a whole candidate
             if fit >= 1:
                 return min(want, fit)
-            # Not even one candidate fits by the estimate. Let the estimate decay, so that a teacher
-            # that was slow once (a hiccup) is measured again after some skipped queries instead of
-            # never; the retry then scores one candidate, which bounds the overshoot.
-            self._per_doc_s = est * _ESTIMATE_DECAY
+            # Not even one candidate fits by the estimate. Re-measure with one candidate at most
+            # every ``remeasure_s``, so a teacher that was slow once (a hiccup) is not locked out
+            # forever, while a teacher that is always too slow costs one candidate's overshoot
+            # per interval, not per query.
+            if now - self._measured_at >= self.config.remeasure_s:
+                self._measured_at = now
+                return 1
             return 0
 
     def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> RerankResult:

@@ -137,20 +137,23 @@ def test_spent_budget_gives_none_and_the_student_order():
     assert stage.breaker.state == "closed"
 
 
-def test_a_known_slow_teacher_only_gets_what_fits_and_is_retried_later():
+def test_a_known_slow_teacher_only_gets_what_fits_and_is_remeasured_now_and_then():
     clock = FakeClock()
     rr = SlowReranker(clock, 0.050)
-    stage = RerankStage(rr, config=RerankConfig(chunk_size=4), clock=clock)
+    stage = RerankStage(rr, config=RerankConfig(chunk_size=4, remeasure_s=10.0), clock=clock)
     stage.run("q", _docs(2))  # learns: 50 ms per candidate
     res = stage.run("q", _docs(10), deadline=clock() + 0.120)
     assert res.outcome.count == 2 and [len(c) for c in rr.calls] == [2, 2]  # two fit, not a chunk of four
     calls = len(rr.calls)
-    res = stage.run("q", _docs(10), deadline=clock() + 0.030)  # not one candidate fits: not called
-    assert res.outcome.reranked == "none" and len(rr.calls) == calls
-    # the estimate decays while the teacher is skipped, so it is measured again later, one candidate
-    for _ in range(30):
-        stage.run("q", _docs(10), deadline=clock() + 0.030)
-    assert len(rr.calls) > calls and all(len(c) == 1 for c in rr.calls[calls:])
+    for _ in range(50):  # not one candidate fits: the teacher is not called
+        res = stage.run("q", _docs(10), deadline=clock() + 0.030)
+        assert res.outcome.reranked == "none" and res.outcome.reason == "budget_exhausted"
+    assert len(rr.calls) == calls
+    clock.advance(10.0)  # after remeasure_s, one candidate is scored to measure the teacher again
+    res = stage.run("q", _docs(10), deadline=clock() + 0.030)
+    assert len(rr.calls) == calls + 1 and len(rr.calls[-1]) == 1 and res.outcome.count == 1
+    stage.run("q", _docs(10), deadline=clock() + 0.030)
+    assert len(rr.calls) == calls + 1  # and not again right away
 
 
 # ------------------------------------------------------------------------------ failures, breaker
@@ -207,7 +210,9 @@ def test_empty_candidates():
     assert res.order == [] and res.outcome.reason == "no_candidates"
 
 
-@pytest.mark.parametrize("kwargs", [{"top_n": 0}, {"chunk_size": 0}, {"failure_threshold": 0}, {"cooldown_s": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"top_n": 0}, {"chunk_size": 0}, {"failure_threshold": 0}, {"cooldown_s": -1}, {"remeasure_s": -1}]
+)
 def test_rerank_config_validates(kwargs):
     with pytest.raises(ConfigError):
         RerankConfig(**kwargs)

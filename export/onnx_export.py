@@ -52,7 +52,7 @@ from esdistill.export.parity import (
     cross_encoder_pairs,
     query_text,
 )
-from esdistill.export.quantize import QuantizationSettings, optimize_graph, quantize_int8
+from esdistill.export.quantize import QuantizationSettings, optimize_graph, quantize_guarded
 from esdistill.plugin._errors import ConfigError, ModelError, ParityError
 from esdistill.plugin.manifest import MANIFEST_NAME, TOKENIZER_FILES, Manifest, compute_fingerprint
 from esdistill.plugin.models import resolve_model, sha256_file
@@ -204,14 +204,20 @@ def export_model(
             t = time.perf_counter()
             int8_dir = tmp / "int8"
             int8_dir.mkdir()
-            quantize_int8(fp32_dir / "model.onnx", int8_dir / "model_int8.onnx", settings=quantization)
-            timings["quantize"] = time.perf_counter() - t
             _copy_tokenizer(raw, int8_dir)
-            q_extra = {**extra, "quantization_settings": {
-                "weight_type": quantization.weight_type, "per_channel": quantization.per_channel,
-                "reduce_range": quantization.reduce_range, "op_types": list(quantization.op_types)}}
-            variants["int8"] = (int8_dir, _write_manifest(int8_dir, source, "model_int8.onnx", tok_files,
-                                                          "int8-dynamic", libraries, name, q_extra))
+
+            def write(settings: QuantizationSettings, attempts: list[dict[str, Any]]) -> Manifest:
+                q_extra = {**extra, "quantization_settings": {
+                    "weight_type": settings.weight_type, "per_channel": settings.per_channel,
+                    "reduce_range": settings.reduce_range, "op_types": list(settings.op_types),
+                    "fp32_nodes": list(settings.exclude_nodes), "attempts": attempts}}
+                return _write_manifest(int8_dir, source, "model_int8.onnx", tok_files, "int8-dynamic",
+                                       libraries, name, q_extra)
+
+            used, attempts = _quantize(source, fp32_dir, int8_dir, sample, thresholds, quantization, write,
+                                       threads=threads)
+            variants["int8"] = (int8_dir, write(used, attempts))
+            timings["quantize"] = time.perf_counter() - t
         t = time.perf_counter()
         results = _run_parity(source, sample, variants, threads=threads)
         timings["parity"] = time.perf_counter() - t
@@ -283,7 +289,7 @@ def _is_classifier(config_path: Path) -> bool:
 
 def _load_source(ref: Path | str, *, kind: str | None, display: str) -> _Source:
     kind = kind or _detect_kind(ref)
-    torch = require("torch")
+    require("torch")  # a clear error when the export extra is missing
     st = require("sentence_transformers")
     name = Path(ref).name if isinstance(ref, Path) else str(ref).rsplit("/", 1)[-1]
     with warnings.catch_warnings():
@@ -295,8 +301,7 @@ def _load_source(ref: Path | str, *, kind: str | None, display: str) -> _Source:
                 model = st.CrossEncoder(os.fspath(ref), device="cpu")
         except Exception as exc:  # noqa: BLE001 - loaders raise many unrelated types
             raise ModelError(f"cannot load {display!r} as a {kind} ({type(exc).__name__}: {exc})") from None
-    model.eval()
-    torch.set_grad_enabled(False)
+    model.eval()  # no global torch.set_grad_enabled(False): it would leak into training in this process
     source = _describe_bi_encoder(model, name) if kind == "bi-encoder" else _describe_cross_encoder(model, name)
     source.ref = display
     source.sha256 = _source_sha256(ref)
@@ -453,6 +458,57 @@ def _write_manifest(folder: Path, source: _Source, onnx_file: str, tok_files: li
     )
     manifest.save(folder)
     return manifest
+
+
+# ------------------------------------------------------------------------------------------ int8
+_CALIBRATION_TEXTS = 64
+_OUTLIER_TEXTS = 8
+
+
+def _quantize(source: _Source, fp32_dir: Path, int8_dir: Path, sample: ParitySample, thresholds: ParityThresholds,
+              settings: QuantizationSettings, write: Any, *, threads: int | None,
+              ) -> tuple[QuantizationSettings, list[dict[str, Any]]]:
+    """Quantize, keeping outlier-heavy nodes in fp32 until int8 agrees with fp32 on sample texts.
+
+    The check compares with the fp32 ONNX graph (cheap, no torch) using the gate's own int8
+    thresholds; the gate itself then compares with the source model.
+    """
+    from esdistill.plugin.encoder import load_tokenizer, pad_batch
+
+    texts = [source.document_prefix + t for t in list(sample.docs.values())[:_CALIBRATION_TEXTS]]
+    tok, pad_id = load_tokenizer(fp32_dir, source.max_seq_length)
+    feeds = [pad_batch([e], pad_id, with_type_ids=True) for e in tok.encode_batch(texts[:_OUTLIER_TEXTS])]
+    if source.kind == "bi-encoder":
+        from esdistill.plugin.encoder import OnnxEncoder
+
+        reference = OnnxEncoder(fp32_dir, threads=threads).encode(texts)
+
+        def accept(_: Path) -> tuple[bool, dict[str, float]]:
+            write(settings, [])
+            got = OnnxEncoder(int8_dir, threads=threads).encode(texts)
+            cos = np.sum(got * reference, axis=1) / np.maximum(
+                np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
+            metrics = {"cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6)}
+            ok = metrics["cosine_min"] >= thresholds.int8_min_cosine \
+                and metrics["cosine_mean"] >= thresholds.int8_min_mean_cosine
+            return ok, metrics
+    else:
+        from esdistill.plugin.cross_encoder import OnnxCrossEncoder
+
+        lists = cross_encoder_pairs(sample, candidates=8, max_queries=8)
+        pairs = [(query_text(sample, q), sample.docs[d]) for q, ids in lists for d in ids]
+        reference = OnnxCrossEncoder(fp32_dir, threads=threads).score_pairs(pairs)
+
+        def accept(_: Path) -> tuple[bool, dict[str, float]]:
+            write(settings, [])
+            got = OnnxCrossEncoder(int8_dir, threads=threads).score_pairs(pairs)
+            pearson = float(np.corrcoef(got, reference)[0, 1]) if np.std(got) > 0 and np.std(reference) > 0 \
+                else float(np.allclose(got, reference))
+            metrics = {"score_pearson": round(pearson, 6)}
+            return pearson >= thresholds.int8_min_score_pearson, metrics
+
+    return quantize_guarded(fp32_dir / "model.onnx", int8_dir / "model_int8.onnx", accept=accept, feeds=feeds,
+                            settings=settings)
 
 
 # ------------------------------------------------------------------------------------------ parity

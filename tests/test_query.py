@@ -386,3 +386,20 @@ def test_interleaving_arm_shows_both_rankings_and_clicks_credit_them(es_client, 
     clicked = [h.id for h in r.hits if h.team == "rerank"][:1]
     if clicked:
         assert attribute_clicks(il, clicked).winner == "rerank"
+
+
+def test_alias_moved_to_another_models_index_is_noticed_at_once(es_client, tiny_index, encoder, index_prefix):
+    from esdistill.plugin.index import IndexManager
+
+    alias, _ = tiny_index
+    hook = QueryHook(es_client, alias, encoder)  # meta_refresh_s = 60: no periodic re-read in this test
+    assert hook.search(QUERY, k=3).hits
+    other_alias = f"{index_prefix}-swap"
+    physical = IndexManager(es_client, other_alias).create(dataclasses.replace(encoder.manifest, fingerprint="1" * 64))
+    es_client.index(index=physical, id="x", document={"title": "t", "text": "bacteria antibiotics",
+                                                      "embedding": [0.1] * encoder.dims}, refresh=True)
+    old = IndexManager(es_client, alias).current()
+    es_client.indices.update_aliases(actions=[{"remove": {"index": old, "alias": alias}},
+                                              {"add": {"index": physical, "alias": alias}}])
+    with pytest.raises(FingerprintError, match="did not make the vectors"):
+        hook.search(QUERY, k=3)

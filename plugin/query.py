@@ -476,11 +476,16 @@ class QueryHook:
     # ----------------------------------------------------------------------------------- search
     def _validate(self, text: Any, k: Any, mode: Any, budget_ms: Any, num_candidates: Any) -> None:
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"the query text must be a non-empty string, got {text!r}")
+            raise ConfigError(f"the query text must be a non-empty string, got {_shown(text)}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # the tokenizer and Elasticsearch both need valid Unicode
+            raise ConfigError(f"the query text is not valid Unicode: it holds a lone surrogate "
+                              f"({text[exc.start]!r} at position {exc.start}); fix the text at its source") from None
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
-            raise ConfigError(f"k={k!r} must be an integer between 1 and {self.config.max_k}")
+            raise ConfigError(f"k={_shown(k)} must be an integer between 1 and {self.config.max_k}")
         if mode not in MODES:
-            raise ConfigError(f"mode={mode!r} is unknown; use one of {MODES}")
+            raise ConfigError(f"mode={_shown(mode)} is unknown; use one of {MODES}")
         if mode != "bm25" and self.encoder is None:
             raise ConfigError(f"mode={mode!r} needs a query encoder; this hook was built without one (bm25 only)")
         if budget_ms is not None:
@@ -488,13 +493,14 @@ class QueryHook:
                 0 < budget_ms <= self.config.max_budget_ms
             ):
                 raise ConfigError(
-                    f"budget_ms={budget_ms!r} must be a number of milliseconds in (0, {self.config.max_budget_ms:g}]"
+                    f"budget_ms={_shown(budget_ms)} must be a number of milliseconds in "
+                    f"(0, {self.config.max_budget_ms:g}]"
                 )
         if num_candidates is not None and (
             isinstance(num_candidates, bool) or not isinstance(num_candidates, int)
             or not k <= num_candidates <= _MAX_NUM_CANDIDATES
         ):
-            raise ConfigError(f"num_candidates={num_candidates!r} must be an integer between k={k} and "
+            raise ConfigError(f"num_candidates={_shown(num_candidates)} must be an integer between k={k} and "
                               f"{_MAX_NUM_CANDIDATES}")
 
     def _retrieve(self, text: str, vector: np.ndarray | None, mode: str, depth: int, num_candidates: int,
@@ -715,6 +721,16 @@ class QueryHook:
         if seen - self._checked - {None}:
             logger.info("index %s now serves from %s: checking the model again", self.index, sorted(seen - self._checked))
             self._load_meta(force=True)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about user input (a huge
+    query is not echoed whole, and an int too long for ``repr`` does not break the message)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int longer than sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__} of {value.bit_length()} bits>" if isinstance(value, int) else "<?>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _reason_from_body(error: Any) -> str:

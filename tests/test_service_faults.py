@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 
@@ -24,25 +23,10 @@ def student(tiny_bi_encoder, tmp_path_factory):
     return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
 
 
-def _listening(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something listens on ``port`` (sockets left in TIME_WAIT by a killed node do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-        return False
-
-
 @pytest.fixture
-def own_node(monkeypatch):
+def own_node():
     """A node of our own: the shared one must never be killed."""
-    from esdistill.deploy import LocalElasticsearch, es_local
-
-    # The launcher's port probe binds without SO_REUSEADDR, so after a SIGKILL it sees the port
-    # "in use" for a minute (TIME_WAIT); Elasticsearch itself binds with SO_REUSEADDR and starts fine.
-    monkeypatch.setattr(es_local, "_port_open", _listening)
+    from esdistill.deploy import LocalElasticsearch
 
     node = LocalElasticsearch(port=free_port(), heap="512m")
     node.start(timeout=240)
@@ -69,7 +53,6 @@ def test_service_survives_elasticsearch_being_killed_and_restarted(own_node, stu
         expected = [h["id"] for h in before.json()["hits"]]
 
         own_node.kill()
-        own_node._reap()  # LocalElasticsearch.kill() leaves its launcher process unreaped
         for path, body in (("/v1/search", query), ("/v1/ingest", {"documents": [{"text": "during outage"}]})):
             t = time.monotonic()
             resp = c.post(path, json=body, headers=H)

@@ -219,12 +219,15 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
                                             show_progress=cfg.show_progress, max_seq_length=cfg.teacher_max_seq_length),
                               score_cache)
 
-        def prepare_all(doc_ids: list[str]) -> None:
-            """Embed the pooled documents with every bi-encoder teacher in large batches, once."""
+        def prepare_all(doc_ids: list[str], queries: list[str] | None = None) -> None:
+            """Embed the pooled documents (and the queries) with every bi-encoder teacher in large
+            batches, once, instead of one small batch per query."""
             for member in shared.values():
                 if isinstance(member, BiEncoderTeacher):
                     member.prepare([corpus[d].full for d in dict.fromkeys(doc_ids)])
                     member.save_embeddings()
+                    if queries:
+                        member.embed_queries(queries)
 
         dev_pos = {q: list(r) for q, r in dev_rels.items()}
         dev_pools = retrieve_pools(dev_q, bm25=bm25, dense=dense, positives=dev_pos,
@@ -232,14 +235,14 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         pooled = [d for c in dev_pools for d in c.doc_ids]
         if cfg.teacher == "auto":
             candidates = {spec: make(spec) for spec in cfg.auto_teachers}
-            prepare_all(pooled)
+            prepare_all(pooled, list(dev_q.values()))
             chosen, scores = select_teacher(candidates, dev_pools, corpus)
             teacher = candidates[chosen]
             selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
                          "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}
         else:
             teacher = make(cfg.teacher)
-            prepare_all(pooled)
+            prepare_all(pooled, list(dev_q.values()))
             chosen, scores = select_teacher({cfg.teacher: teacher}, dev_pools, corpus)
             selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
         _write_json(out / "teacher_selection.json", selection)
@@ -249,7 +252,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         # ------------------------------------------------------------ mining
         t = time.time()
         lists = mine_candidates(train_q, corpus, teacher=teacher, bm25=bm25, dense=dense,
-                                before_scoring=prepare_all,
+                                before_scoring=lambda ids: prepare_all(ids, list(train_q.values())),
                                 positives={q: positives.get(q, []) for q in train_q}, config=cfg.mining,
                                 show_progress=cfg.show_progress)
         syn_ids = {q.query_id for q in synthetic}
@@ -300,6 +303,10 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
                            name=f"{Path(os.fspath(cfg.student)).name}-distilled")
         summary["export"] = {"out": str(res.out), "fingerprint": res.manifest.fingerprint,
                              "passed": res.passed, "quantization": res.manifest.quantization}
+        if cfg.train.query_side_only:
+            # the export is a query encoder: documents stay embedded by the base student's export
+            summary["export"]["role"] = "query encoder (documents: keep the base student's vectors)"
+            summary["export"]["document_model"] = result.document_model
         timings["export"] = time.time() - t
     elif not gate.promoted:
         summary["export"] = {"skipped": "the gate refused the student; the base student stays in service"}

@@ -69,6 +69,7 @@ REASON_ERROR = "error"
 REASON_NOT_REQUESTED = "not_requested"
 REASON_NO_RERANKER = "no_reranker"
 REASON_NO_CANDIDATES = "no_candidates"
+REASON_OVERLOADED = "overloaded"
 
 
 @runtime_checkable
@@ -317,6 +318,9 @@ class RerankConfig:
         remeasure_s: when the teacher's measured cost says not one candidate fits a request's
             budget, it is skipped; at most this often one candidate is scored anyway to measure
             it again.
+        max_concurrent: teacher runs at once; a query that finds them all busy is not reranked
+            (reason ``overloaded``). This bounds the CPU a slow teacher takes, including calls a
+            query stopped waiting for at its deadline.
     """
 
     top_n: int = 20
@@ -324,6 +328,7 @@ class RerankConfig:
     failure_threshold: int = 3
     cooldown_s: float = 30.0
     remeasure_s: float = 30.0
+    max_concurrent: int = 4
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.top_n) <= 1000:
@@ -336,6 +341,8 @@ class RerankConfig:
             raise ConfigError(f"rerank cooldown_s={self.cooldown_s} must be >= 0")
         if not float(self.remeasure_s) >= 0:
             raise ConfigError(f"rerank remeasure_s={self.remeasure_s} must be >= 0")
+        if int(self.max_concurrent) < 1:
+            raise ConfigError(f"rerank max_concurrent={self.max_concurrent} must be >= 1")
 
 
 @dataclass
@@ -347,8 +354,8 @@ class RerankOutcome:
             ``none``.
         count: candidates the teacher scored.
         candidates: candidates offered to the teacher.
-        reason: ``complete``, ``budget_exhausted``, ``circuit_open``, ``error``, ``not_requested``,
-            ``no_reranker`` or ``no_candidates``.
+        reason: ``complete``, ``budget_exhausted``, ``circuit_open``, ``overloaded``, ``error``,
+            ``not_requested``, ``no_reranker`` or ``no_candidates``.
         error: the exception's type and message, when ``reason`` is ``error``.
         ms: milliseconds spent in the teacher.
     """
@@ -406,6 +413,7 @@ class RerankStage:
         self._lock = threading.Lock()
         self._per_doc_s: float | None = None  # running estimate of the teacher's cost per candidate
         self._measured_at = -float("inf")     # when the estimate was last measured
+        self._slots = threading.BoundedSemaphore(self.config.max_concurrent)
 
     @property
     def per_doc_ms(self) -> float | None:
@@ -459,6 +467,18 @@ class RerankStage:
         if n == 0:
             outcome.reason = REASON_NO_CANDIDATES
             return RerankResult(student, scores, outcome)
+        if not self._slots.acquire(blocking=False):
+            outcome.reason = REASON_OVERLOADED
+            return RerankResult(student, scores, outcome)
+        try:
+            return self._run(query, texts, deadline, outcome, scores)
+        finally:
+            self._slots.release()
+
+    def _run(self, query: str, texts: Sequence[str], deadline: float | None, outcome: RerankOutcome,
+             scores: list[float | None]) -> RerankResult:
+        n = len(texts)
+        student = list(range(n))
         if not self.breaker.allow():
             outcome.reason = REASON_CIRCUIT
             return RerankResult(student, scores, outcome)

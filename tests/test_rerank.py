@@ -205,13 +205,41 @@ def test_wrong_number_of_scores_or_nan_is_a_failure():
         assert res.outcome.reason == "error" and res.order == [0, 1]
 
 
+def test_busy_teacher_slots_skip_the_rerank_instead_of_piling_up():
+    import threading
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Blocking:
+        name, fingerprint = "blocking", "x"
+
+        def score(self, query, documents):
+            entered.set()
+            release.wait(10)
+            return np.zeros(len(documents))
+
+    stage = RerankStage(Blocking(), config=RerankConfig(max_concurrent=1))
+    worker = threading.Thread(target=stage.run, args=("q", ["a", "b"]))
+    worker.start()
+    assert entered.wait(10)
+    res = stage.run("q", ["a", "b"])  # the only slot is taken by a call still running
+    assert res.outcome.reason == "overloaded" and res.outcome.reranked == "none" and res.order == [0, 1]
+    release.set()
+    worker.join(10)
+    assert stage.run("q", ["a", "b"]).outcome.reranked == "full"  # the slot is free again
+    assert stage.breaker.state == "closed"
+
+
 def test_empty_candidates():
     res = RerankStage(Failing()).run("q", [])
     assert res.order == [] and res.outcome.reason == "no_candidates"
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"top_n": 0}, {"chunk_size": 0}, {"failure_threshold": 0}, {"cooldown_s": -1}, {"remeasure_s": -1}]
+    "kwargs",
+    [{"top_n": 0}, {"chunk_size": 0}, {"failure_threshold": 0}, {"cooldown_s": -1}, {"remeasure_s": -1},
+     {"max_concurrent": 0}],
 )
 def test_rerank_config_validates(kwargs):
     with pytest.raises(ConfigError):

@@ -71,7 +71,8 @@ def _ensure_index(client: Any, index: str, model_dir: Path, corpus: Path, thread
     from esdistill.plugin.index import IndexManager
     from esdistill.plugin.ingest import IngestHook
 
-    expected = sum(1 for line in open(corpus, encoding="utf-8") if line.strip())
+    with open(corpus, encoding="utf-8") as fh:
+        expected = sum(1 for line in fh if line.strip())
     manager = IndexManager(client, index)
     encoder = OnnxEncoder(model_dir, threads=threads)
     if manager.exists():

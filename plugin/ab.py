@@ -290,7 +290,7 @@ class ExposureLog:
                 self._fh.close()
                 self._fh = None
 
-    def __enter__(self) -> ExposureLog:
+    def __enter__(self) -> ExposureLog:  # noqa: PYI034 - no typing.Self on Python 3.10
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from esdistill.plugin._errors import ConfigError
 
 __all__ = [

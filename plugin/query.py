@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, team_draft_interleave
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse
@@ -51,8 +50,8 @@ from esdistill.plugin.rerank import (
     REASON_NO_RERANKER,
     REASON_NOT_REQUESTED,
     RerankConfig,
-    RerankOutcome,
     Reranker,
+    RerankOutcome,
     RerankResult,
     RerankStage,
 )
@@ -354,11 +353,11 @@ class QueryHook:
             AuthenticationException,
             AuthorizationException,
             BadRequestError,
+            ConnectionTimeout,
             NotFoundError,
             TransportError,
         )
         from elasticsearch import ConnectionError as EsConnectionError
-        from elasticsearch import ConnectionTimeout
 
         try:
             return fn()
@@ -488,14 +487,14 @@ class QueryHook:
             raise ConfigError(f"mode={_shown(mode)} is unknown; use one of {MODES}")
         if mode != "bm25" and self.encoder is None:
             raise ConfigError(f"mode={mode!r} needs a query encoder; this hook was built without one (bm25 only)")
-        if budget_ms is not None:
-            if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not (
-                0 < budget_ms <= self.config.max_budget_ms
-            ):
-                raise ConfigError(
-                    f"budget_ms={_shown(budget_ms)} must be a number of milliseconds in "
-                    f"(0, {self.config.max_budget_ms:g}]"
-                )
+        if budget_ms is not None and (
+            isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
+            or not 0 < budget_ms <= self.config.max_budget_ms
+        ):
+            raise ConfigError(
+                f"budget_ms={_shown(budget_ms)} must be a number of milliseconds in "
+                f"(0, {self.config.max_budget_ms:g}]"
+            )
         if num_candidates is not None and (
             isinstance(num_candidates, bool) or not isinstance(num_candidates, int)
             or not k <= num_candidates <= _MAX_NUM_CANDIDATES

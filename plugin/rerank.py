@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
 from esdistill.plugin._errors import ConfigError, ModelError
 from esdistill.plugin.manifest import Manifest
 

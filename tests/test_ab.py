@@ -7,7 +7,6 @@ import math
 import random
 
 import pytest
-
 from esdistill.plugin import ConfigError
 from esdistill.plugin.ab import (
     ABTest,
@@ -102,11 +101,10 @@ def test_interleave_arm_and_unknown_rerank_arm():
 # ---------------------------------------------------------------------------------- exposure log
 def test_exposure_log_writes_hashed_keys_as_jsonl(tmp_path, caplog):
     path = tmp_path / "logs" / "exposure.jsonl"
-    with caplog.at_level("INFO", logger="esdistill.exposure"):
-        with ExposureLog(path, key_secret="pepper") as log:
-            log.record(query_id="q1", key="alice@example.org", arm="student", shown=["d1", "d2"], mode="knn")
-            log.record(query_id="q2", key="alice@example.org", arm="interleaved", shown=["d3"], teams=["B"])
-            log.record(query_id="q3", key=None, arm=None, shown=[])
+    with caplog.at_level("INFO", logger="esdistill.exposure"), ExposureLog(path, key_secret="pepper") as log:
+        log.record(query_id="q1", key="alice@example.org", arm="student", shown=["d1", "d2"], mode="knn")
+        log.record(query_id="q2", key="alice@example.org", arm="interleaved", shown=["d3"], teams=["B"])
+        log.record(query_id="q3", key=None, arm=None, shown=[])
     recs = read_exposures(path)
     assert [r["query_id"] for r in recs] == ["q1", "q2", "q3"]
     assert recs[0]["key"] == recs[1]["key"] != "alice@example.org"

@@ -8,10 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-
 from esdistill.plugin import ConfigError
 from esdistill.plugin.cli import main
-from esdistill.plugin.evaluate import compute_metrics, evaluate, latency_summary, load_beir, require_ir_measures
+from esdistill.plugin.evaluate import (
+    compute_metrics,
+    evaluate,
+    latency_summary,
+    load_beir,
+    require_ir_measures,
+)
 from esdistill.plugin.query import QueryHook
 from qh_helpers import build_index, export_once
 

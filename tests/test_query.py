@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from esdistill.plugin import ConfigError, ElasticsearchUnavailable, FingerprintError, connect
 from esdistill.plugin.ab import ABTest, ExposureLog, Interleaving, attribute_clicks, read_exposures
 from esdistill.plugin.fusion import fuse, linear_combination, min_max, reciprocal_rank_fusion

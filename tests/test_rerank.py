@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from esdistill.plugin import ConfigError
 from esdistill.plugin.rerank import CircuitBreaker, RerankConfig, RerankStage
 

@@ -83,6 +83,7 @@ def test_bi_encoder_teacher_scores_cosines_and_caches_embeddings(tiny_bi_encoder
     np.testing.assert_allclose(got, d @ q, atol=1e-5)
     assert BiEncoderTeacher(tiny_bi_encoder).fingerprint == t.fingerprint
     assert BiEncoderTeacher(tiny_bi_encoder, query_prefix="query: ").fingerprint != t.fingerprint
+    t.save_embeddings()  # large batches save themselves; small ones at the end of a run
     reloaded = BiEncoderTeacher(tiny_bi_encoder, embedding_cache=tmp_path)
     assert len(reloaded._docs) == 5  # document embeddings came from disk
     np.testing.assert_allclose(reloaded.score("plants and sunlight", docs), got, atol=1e-6)

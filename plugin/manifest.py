@@ -123,6 +123,9 @@ class Manifest:
             problems.append(f"max_seq_length={self.max_seq_length!r} (expected a positive integer)")
         if self.onnx_file not in self.files:
             problems.append(f"onnx_file={self.onnx_file!r} is not among files")
+        outside = [f for f in self.files if Path(f).is_absolute() or ".." in Path(f).parts]
+        if outside:
+            problems.append(f"files {outside} point outside the model folder")
         if problems:
             raise ModelError("invalid manifest: " + "; ".join(problems) + ". Re-export the model.")
 

@@ -334,3 +334,13 @@ def test_the_static_check_catches_what_it_looks_for(tmp_path):
     for what in ("imports pickle", "imports from torch", "calls eval()", "computed", "allow_pickle",
                  "trust_remote_code", "register_custom_ops_library"):
         assert any(what in v for v in found), (what, found)
+
+
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
+    from esdistill.plugin import ModelError
+    from esdistill.plugin.manifest import Manifest
+
+    for bad in ("../elsewhere.onnx", "/etc/passwd"):
+        with pytest.raises(ModelError, match="outside the model folder"):
+            Manifest(name="m", kind="bi-encoder", onnx_file=bad, files=[bad], fingerprint="0" * 64,
+                     dims=8, max_seq_length=16)

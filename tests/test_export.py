@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,12 +170,12 @@ def test_parity_sample_from_collection_keeps_relevant_documents(tiny_collection)
 
 
 # ----------------------------------------------------------------------------------- CLI
-def test_cli_exports_and_prints_json(tiny_bi_encoder, tmp_path, capsys):
+def test_cli_exports_and_prints_json(tiny_bi_encoder, tiny_collection, tmp_path, capsys):
     from esdistill.plugin.cli import main
 
     out = tmp_path / "cli"
     rc = main(["-q", "export", str(tiny_bi_encoder), "--out", str(out), "--quantize", "none",
-               "--parity-collection", str(Path(__file__).parent / "data" / "tiny"), "--json"])
+               "--parity-collection", str(tiny_collection), "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["passed"] and doc["manifest"]["quantization"] == "none"
@@ -194,3 +193,37 @@ def test_cli_exits_non_zero_with_the_failure_list(tiny_bi_encoder, tmp_path, cap
     assert "failed 2 parity check(s)" in err and "int8_min_cosine" in err and "int8_min_mean_cosine" in err
     rc = main(["-q", "export", str(tiny_bi_encoder), "--out", str(tmp_path / "bad"), "--threshold", "x=1"])
     assert rc == ConfigError.exit_code
+
+
+# ----------------------------------------------------------------------------------- int8 guard
+def test_quantize_guard_keeps_the_worst_outlier_nodes_in_fp32(tiny_bi_encoder, tmp_path):
+    import onnx
+    from esdistill.export.quantize import quantize_guarded, rank_activation_outliers
+    from esdistill.plugin.encoder import load_tokenizer, pad_batch
+
+    fp32 = export_model(tiny_bi_encoder, tmp_path / "fp32", quantize="none", parity_texts=tiny_texts()[:8]).out
+    tok, pad_id = load_tokenizer(fp32, 64)
+    feeds = [pad_batch([e], pad_id, with_type_ids=True) for e in tok.encode_batch(tiny_texts()[:4])]
+    ranked = rank_activation_outliers(fp32 / "model.onnx", feeds)
+    assert len(ranked) >= 3 and all(score > 0 for _, score in ranked)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+
+    seen = []
+
+    def accept(path):  # refuse until two nodes stay in fp32
+        graph = onnx.load(str(path))
+        float_nodes = {n.name for n in graph.graph.node if n.op_type in ("MatMul", "Attention")}
+        seen.append(float_nodes)
+        return len(float_nodes) >= 2, {"fp32_nodes": float(len(float_nodes))}
+
+    settings, attempts = quantize_guarded(fp32 / "model.onnx", tmp_path / "q.onnx", accept=accept, feeds=feeds)
+    assert [a["passed"] for a in attempts] == [False, False, True]  # steps 0, 1, 2
+    assert list(settings.exclude_nodes) == [name for name, _ in ranked[:2]]
+    assert set(settings.exclude_nodes) <= seen[-1]  # the worst two really stayed fp32
+
+
+def test_int8_manifest_records_the_quantization_attempts(tiny_int8):
+    q = tiny_int8.manifest.extra["quantization_settings"]
+    assert q["weight_type"] == "int8" and q["per_channel"] is True
+    assert q["attempts"] and q["attempts"][-1]["passed"] is True
+    assert q["fp32_nodes"] == []  # the tiny model needs no fp32 fallback

@@ -295,7 +295,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     history: list[dict[str, float]] = []
     ckpts = _checkpoints(out) if resume else []
     if ckpts:
-        state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
+        state = torch.load(ckpts[-1] / "state.pt", weights_only=True)  # tensors and plain data only: never unpickle code
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])

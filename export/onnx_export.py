@@ -320,8 +320,9 @@ def _describe_bi_encoder(model: Any, name: str) -> _Source:
     if not isinstance(mode, str) or mode not in ("mean", "cls", "max", "lasttoken"):
         raise ConfigError(f"model {name!r} pools with {mode!r}; the runtime supports mean, cls, max, lasttoken")
     prompts = dict(getattr(model, "prompts", None) or {})
-    query_prefix = prompts.get("query", "") or ""
-    document_prefix = (prompts.get("document") or prompts.get("passage") or prompts.get("corpus") or "")
+    default = prompts.get(getattr(model, "default_prompt_name", None) or "", "") or ""
+    query_prefix = prompts.get("query") or default
+    document_prefix = prompts.get("document") or prompts.get("passage") or prompts.get("corpus") or default
     if not getattr(pooling, "include_prompt", True) and (query_prefix or document_prefix):
         raise ConfigError(f"model {name!r} excludes its prompts from pooling (include_prompt=False), which "
                           "the runtime does not reproduce")
@@ -525,7 +526,7 @@ def _run_parity(source: _Source, sample: ParitySample, variants: dict[str, tuple
                 return np.zeros((0, source.dims), np.float32)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return np.asarray(source.model.encode(texts, prompt=prefix or None, batch_size=32,
+                return np.asarray(source.model.encode(texts, prompt=prefix, batch_size=32,
                                                       convert_to_numpy=True, show_progress_bar=False))
 
         ref_d = st_encode(docs, source.document_prefix)

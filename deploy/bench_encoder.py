@@ -132,7 +132,7 @@ def _esdistill_exports(model: str, work: Path, texts: Sequence[str], fp32_dir: s
 def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs: int = 1000, batch_size: int = 32,
                   threads: int | None = None, rounds: int = 2, work_dir: Path | None = None,
                   esdistill_fp32: str | None = None, esdistill_int8: str | None = None,
-                  skip_st_onnx: bool = False) -> dict[str, Any]:
+                  skip_st_onnx: bool = False, es_url: str | None = None) -> dict[str, Any]:
     """Measure every engine on the same texts; return a JSON-ready dict.
 
     Args:
@@ -145,6 +145,7 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
         work_dir: where exports go (default: a temporary folder, removed afterwards).
         esdistill_fp32 / esdistill_int8: existing esdistill exports to reuse instead of exporting.
         skip_st_onnx: leave out sentence-transformers' ONNX backend.
+        es_url: also ingest the same texts into this Elasticsearch with the int8 encoder (``None``: skip).
     """
     import torch
     from esdistill.plugin import resolve_model
@@ -206,9 +207,12 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
                                        rounds=[round(x, 2) for x in timings[name]],
                                        speedup=round(max(timings[name]) / base, 3),
                                        cosine_min=round(float(cos.min()), 5), cosine_mean=round(float(cos.mean()), 5)))
+        ingest = _ingest_rate(enc8, texts, es_url) if es_url else None
     finally:
         if tmp is not None:
             tmp.cleanup()
+    if ingest is not None:
+        ingest["share_of_int8_encoder"] = round(ingest["docs_per_s"] / max(timings["esdistill-onnx-int8"]), 3)
     import onnxruntime
     import sentence_transformers
 
@@ -224,7 +228,32 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                      "sentence-transformers": sentence_transformers.__version__},
         "results": [asdict(r) for r in results],
+        "ingest": ingest,
     }
+
+
+def _ingest_rate(encoder: Any, texts: Sequence[str], es_url: str) -> dict[str, Any]:
+    """Ingest the same texts with the int8 encoder into a fresh index; return docs/s (embedding included)."""
+    import uuid
+
+    from esdistill.plugin import IndexManager, IngestHook, connect
+
+    client = connect(es_url)
+    alias = f"esdistill-bench-ingest-{uuid.uuid4().hex[:8]}"
+    manager = IndexManager(client, alias)
+    manager.create(encoder.manifest)
+    try:
+        docs = [{"_id": str(i), "text": t} for i, t in enumerate(texts)]
+        t0 = time.perf_counter()
+        summary = IngestHook(client, alias, encoder, text_fields=("text",), progress=False).ingest(docs)
+        seconds = time.perf_counter() - t0
+        logger.info("ingest: %s", summary.format())
+        return {"docs_per_s": round(len(texts) / seconds, 2), "indexed": summary.indexed,
+                "count": manager.count()}
+    finally:
+        for index in manager.versions():
+            client.indices.delete(index=index, ignore_unavailable=True)
+        client.close()
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -235,6 +264,10 @@ def _print_table(report: dict[str, Any]) -> None:
     for r in report["results"]:
         print(f"{r['engine']:<22} {r['docs_per_s']:>8.1f} {r['speedup']:>8.2f} {r['cosine_min']:>8.4f} "
               f"{r['cosine_mean']:>9.4f}   {r['rounds']}")
+    if report.get("ingest"):
+        ing = report["ingest"]
+        print(f"{'ingest into ES (int8)':<22} {ing['docs_per_s']:>8.1f}   = {100 * ing['share_of_int8_encoder']:.0f}% "
+              f"of the int8 encoder; indexed {ing['indexed']}, count {ing['count']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--esdistill-fp32", default=None, metavar="DIR", help="reuse this fp32 export")
     p.add_argument("--esdistill-int8", default=None, metavar="DIR", help="reuse this int8 export")
     p.add_argument("--skip-st-onnx", action="store_true", help="leave out sentence-transformers' ONNX backend")
+    p.add_argument("--es-url", default=os.environ.get("ESDISTILL_ES_URL", "http://127.0.0.1:9200"),
+                   help="Elasticsearch for the ingest measurement (default: ESDISTILL_ES_URL or 127.0.0.1:9200)")
+    p.add_argument("--no-ingest", action="store_true", help="leave out the ingest measurement")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
@@ -256,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_benchmark(model=args.model, corpus=args.corpus, docs=args.docs, batch_size=args.batch_size,
                            threads=args.threads, rounds=args.rounds, work_dir=args.work_dir,
                            esdistill_fp32=args.esdistill_fp32, esdistill_int8=args.esdistill_int8,
-                           skip_st_onnx=args.skip_st_onnx)
+                           skip_st_onnx=args.skip_st_onnx, es_url=None if args.no_ingest else args.es_url)
     report["command"] = "python -m esdistill.deploy.bench_encoder " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
         print(json.dumps(report))

@@ -94,25 +94,20 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    """A monotonically increasing count, per label set."""
-
-    kind = "counter"
+class _Scalar(_Metric):
+    """One float per label set: the storage, reading and exposition Counter and Gauge share."""
 
     def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
         super().__init__(name, help, labelnames)
         self._values: dict[tuple[str, ...], float] = {}
 
-    def inc(self, amount: float = 1.0, **labels: object) -> None:
-        """Add ``amount`` (>= 0) to the series named by ``labels``."""
-        if amount < 0:
-            raise ValueError(f"counter {self.name} cannot decrease (amount={amount})")
+    def _add(self, amount: float, labels: dict[str, object]) -> None:
         with self._lock:
             key = self._key(labels, self._values)
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: object) -> float:
-        """The current value of one series (0 when it was never incremented)."""
+        """The current value of one series (0 when it was never touched)."""
         key = tuple(str(labels[n]) for n in self.labelnames)
         with self._lock:
             return self._values.get(key, 0.0)
@@ -123,36 +118,32 @@ class Counter(_Metric):
         return [f"{self.name}{_labels_text(self.labelnames, k)} {_fmt(v)}" for k, v in items]
 
 
-class Gauge(_Metric):
+class Counter(_Scalar):
+    """A monotonically increasing count, per label set."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: object) -> None:
+        """Add ``amount`` (>= 0) to the series named by ``labels``."""
+        if amount < 0:
+            raise ValueError(f"counter {self.name} cannot decrease (amount={amount})")
+        self._add(amount, labels)
+
+
+class Gauge(_Scalar):
     """A value that goes up and down, per label set."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, **labels: object) -> None:
         with self._lock:
             self._values[self._key(labels, self._values)] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
-        with self._lock:
-            key = self._key(labels, self._values)
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._add(amount, labels)
 
     def dec(self, amount: float = 1.0, **labels: object) -> None:
-        self.inc(-amount, **labels)
-
-    def value(self, **labels: object) -> float:
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels_text(self.labelnames, k)} {_fmt(v)}" for k, v in items]
+        self._add(-amount, labels)
 
 
 class Histogram(_Metric):

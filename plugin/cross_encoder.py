@@ -16,22 +16,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ModelError
 from esdistill.plugin.encoder import (
     _check_batch_size,
-    _check_threads,
     check_texts,
     length_batches,
-    load_tokenizer,
-    make_session,
+    open_model_folder,
     pad_batch,
     session_feed,
 )
-from esdistill.plugin.manifest import Manifest
 
 __all__ = ["OnnxCrossEncoder"]
 
@@ -66,24 +62,11 @@ class OnnxCrossEncoder:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int | None = None,
                  batch_size: int = 32, verify: bool = True) -> None:
-        self.batch_size = _check_batch_size(batch_size)
-        _check_threads(threads)
-        self.folder = Path(model_dir)
-        self.manifest = Manifest.load(self.folder, verify=verify)
-        if self.manifest.kind != "cross-encoder":
-            raise ModelError(f"{self.folder} holds a {self.manifest.kind}, not a cross-encoder; load it with "
-                             "esdistill.plugin.encoder.OnnxEncoder")
+        open_model_folder(self, model_dir, kind="cross-encoder", other="esdistill.plugin.encoder.OnnxEncoder",
+                          threads=threads, batch_size=batch_size, verify=verify)
         if self.manifest.activation not in _ACTIVATIONS:
             raise ModelError(f"{self.folder}: activation {self.manifest.activation!r} is not supported "
                              f"(expected one of {_ACTIVATIONS}); upgrade esdistill")
-        self.max_seq_length = int(self.manifest.max_seq_length)
-        self._tokenizer, self._pad_id = load_tokenizer(self.folder, self.max_seq_length)
-        self._session = make_session(self.folder / self.manifest.onnx_file, threads=threads)
-        self._input_names = {i.name for i in self._session.get_inputs()}
-        outputs = [o.name for o in self._session.get_outputs()]
-        if self.manifest.output_name not in outputs:
-            raise ModelError(f"{self.folder}: the ONNX graph has no output {self.manifest.output_name!r} "
-                             f"(it has {outputs}); re-export the model")
 
     @property
     def fingerprint(self) -> str:

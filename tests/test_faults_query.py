@@ -23,19 +23,9 @@ from esdistill.plugin.query import QueryConfig, QueryHook
 from esdistill.plugin.rerank import RerankConfig, load_reranker
 from esdt_helpers import TINY_COLLECTION, free_port
 from esdt_proxy import FlakyProxy
-from qh_helpers import BlackHole, build_index, export_once
+from qh_helpers import BlackHole, build_index
 
 QUERY = "why do bacteria stop responding to antibiotics"
-
-
-@pytest.fixture(scope="module")
-def student_dir(tiny_bi_encoder, tmp_path_factory):
-    return export_once(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "student")
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tiny_cross_encoder, tmp_path_factory):
-    return export_once(tiny_cross_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "teacher-ce")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from esdistill.plugin.fusion import fuse, linear_combination, min_max, reciproca
 from esdistill.plugin.query import QueryConfig, QueryHook
 from esdistill.plugin.rerank import RerankConfig, load_reranker
 from esdt_helpers import free_port
-from qh_helpers import BlackHole, build_index, export_once
+from qh_helpers import BlackHole, build_index
 
 
 # ----------------------------------------------------------------------------------------- fusion
@@ -79,16 +79,6 @@ def test_linear_rejects_nan():
 
 # ------------------------------------------------------------------- the hook on a real node
 QUERY = "why do bacteria stop responding to antibiotics"
-
-
-@pytest.fixture(scope="module")
-def student_dir(tiny_bi_encoder, tmp_path_factory):
-    return export_once(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "student")
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tiny_cross_encoder, tmp_path_factory):
-    return export_once(tiny_cross_encoder, tmp_path_factory.getbasetemp() / "qh-exports", "teacher-ce")
 
 
 @pytest.fixture(scope="module")

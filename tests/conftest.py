@@ -7,6 +7,7 @@ indices and aliases it made are deleted afterwards, so tests never see each othe
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from esdt_helpers import TINY_COLLECTION, build_tiny_bi_encoder, build_tiny_cross_encoder, free_port
 
 _SESSION = uuid.uuid4().hex[:8]
+_TEST_COUNTER = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +53,9 @@ def es_client(es_url: str):
 def index_prefix(es_client, request) -> Iterator[str]:
     """A unique index-name prefix for this test; everything under it is deleted afterwards."""
     name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    prefix = f"esdt-{_SESSION}-{name}"
+    # a per-test counter: two tests whose names share the first 40 characters (parametrized
+    # variants) never see each other's indices
+    prefix = f"esdt-{_SESSION}-{next(_TEST_COUNTER):04d}-{name}"
     yield prefix
     found = es_client.indices.get(index=f"{prefix}*", allow_no_indices=True, expand_wildcards="all")
     for index in found:

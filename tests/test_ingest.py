@@ -239,6 +239,7 @@ def test_crash_then_resume_does_every_document_and_dead_letter_once(es_client, i
         hook = IngestHook(es_client, index, encoder, batch_size=4, dead_letter=dead, checkpoint=ckpt, progress=False)
         return hook.ingest_jsonl(src) if source == "jsonl" else hook.ingest(lines, source="test")
 
+    assert _count(es_client, index) == 0  # a fresh index: no chunk can be skipped as unchanged
     crashing = Counting(encoder_a, fail_on_call=4)  # chunks 1-3 done, the 4th crashes
     with pytest.raises(IngestError, match="resume") as err:
         run(crashing)

@@ -132,7 +132,8 @@ def _esdistill_exports(model: str, work: Path, texts: Sequence[str], fp32_dir: s
 def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs: int = 1000, batch_size: int = 32,
                   threads: int | None = None, rounds: int = 2, work_dir: Path | None = None,
                   esdistill_fp32: str | None = None, esdistill_int8: str | None = None,
-                  skip_st_onnx: bool = False, es_url: str | None = None) -> dict[str, Any]:
+                  skip_st_onnx: bool = False, es_url: str | None = None,
+                  texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure every engine on the same texts; return a JSON-ready dict.
 
     Args:
@@ -146,6 +147,7 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
         esdistill_fp32 / esdistill_int8: existing esdistill exports to reuse instead of exporting.
         skip_st_onnx: leave out sentence-transformers' ONNX backend.
         es_url: also ingest the same texts into this Elasticsearch with the int8 encoder (``None``: skip).
+        texts: encode these texts instead of the first ``docs`` of ``corpus``.
     """
     import torch
     from esdistill.plugin import resolve_model
@@ -155,7 +157,7 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     source = Path(resolve_model(model))
-    texts = load_texts(Path(corpus), docs)
+    texts = list(texts) if texts is not None else load_texts(Path(corpus), docs)
     tmp = None
     if work_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="esdistill-bench-")
@@ -232,13 +234,17 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
     }
 
 
-def _ingest_rate(encoder: Any, texts: Sequence[str], es_url: str) -> dict[str, Any]:
-    """Ingest the same texts with the int8 encoder into a fresh index; return docs/s (embedding included)."""
+def _ingest_rate(encoder: Any, texts: Sequence[str], es_url: str | None, *, client: Any = None) -> dict[str, Any]:
+    """Ingest the same texts with the int8 encoder into a fresh index; return docs/s (embedding included).
+
+    Uses ``client`` when given (left open), else connects to ``es_url`` (closed afterwards).
+    """
     import uuid
 
     from esdistill.plugin import IndexManager, IngestHook, connect
 
-    client = connect(es_url)
+    own = client is None
+    client = client if client is not None else connect(es_url)
     alias = f"esdistill-bench-ingest-{uuid.uuid4().hex[:8]}"
     manager = IndexManager(client, alias)
     manager.create(encoder.manifest)
@@ -253,7 +259,8 @@ def _ingest_rate(encoder: Any, texts: Sequence[str], es_url: str) -> dict[str, A
     finally:
         for index in manager.versions():
             client.indices.delete(index=index, ignore_unavailable=True)
-        client.close()
+        if own:
+            client.close()
 
 
 def _print_table(report: dict[str, Any]) -> None:

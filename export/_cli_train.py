@@ -38,6 +38,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-max-seq-length", type=int, default=256, help="teacher tokens per document [256]")
     p.add_argument("--teacher-temperature", type=float, default=1.0)
     p.add_argument("--student-temperature", type=float, default=0.05)
+    p.add_argument("--positive-boost", type=float, default=1.0,
+                   help="lift known positives this far (z-score units) above the best other candidate in the "
+                        "teacher's target; a negative value turns it off [1.0]")
     p.add_argument("--query-side-only", action="store_true",
                    help="freeze the document tower: the existing index needs no re-embedding")
     p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
@@ -60,6 +63,7 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
         loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         max_seq_length=args.max_seq_length, teacher_temperature=args.teacher_temperature,
         student_temperature=args.student_temperature, query_side_only=args.query_side_only,
+        positive_boost=args.positive_boost if args.positive_boost >= 0 else None,
         checkpoint_steps=args.checkpoint_steps, max_steps=args.max_steps, seed=args.seed,
         show_progress=not args.no_progress,
     )

@@ -59,6 +59,9 @@ class TrainConfig:
             ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...).
         student_temperature / teacher_temperature: passed to the loss.
         teacher_normalization: per-query normalisation of teacher scores before the loss.
+        positive_boost: known positives (qrels, or a synthetic query's source document) get a
+            normalised teacher score at least this far above the best other candidate, so the
+            target never ranks a labelled positive below a teacher mistake (``None``: pure teacher).
         epochs: passes over the lists.
         batch_size: queries per micro-batch (each with its list of candidates).
         grad_accum: micro-batches per optimiser step.
@@ -79,6 +82,7 @@ class TrainConfig:
     student_temperature: float = 0.05
     teacher_temperature: float = 1.0
     teacher_normalization: str = "zscore"
+    positive_boost: float | None = 1.0
     epochs: int = 1
     batch_size: int = 8
     grad_accum: int = 1
@@ -198,6 +202,23 @@ def _bucketed_batches(lists: Sequence[CandidateList], corpus: Mapping[str, Doc],
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def boost_positives(scores: np.ndarray, is_positive: Sequence[bool], boost: float | None) -> np.ndarray:
+    """Raise each known positive's (normalised) teacher score to at least ``boost`` above the best
+    non-positive candidate; other scores are unchanged.
+
+    Example:
+        >>> boost_positives(np.array([0.0, 2.0, 1.0]), [True, False, False], 1.0).tolist()
+        [3.0, 2.0, 1.0]
+    """
+    flags = np.asarray(is_positive, dtype=bool)
+    if boost is None or not flags.any() or flags.all():
+        return scores
+    out = np.array(scores, dtype=np.float64)
+    floor = out[~flags].max() + boost
+    out[flags] = np.maximum(out[flags], floor)
+    return out
 
 
 def _embed(model: Any, texts: Sequence[str], max_len: int) -> Any:
@@ -344,6 +365,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
             for r, c in enumerate(rows):
                 ids = c.doc_ids[:width]
                 t = normalize_scores(np.asarray(c.teacher_scores[:width]), cfg.teacher_normalization)
+                t = boost_positives(t, [x in c.positives for x in ids], cfg.positive_boost)
                 index[r, :len(ids)] = torch.tensor([pos_of[x] for x in ids])
                 mask[r, :len(ids)] = True
                 teacher[r, :len(ids)] = torch.from_numpy(t)

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "esdistill.export.cli",            # export (needs the export extra when run)
     "esdistill.export._cli_train",     # distill, adapt (needs the export extra when run)
     "esdistill.export._cli_demo",      # demo: the README's main job
+    "esdistill.deploy._cli_bench",     # bench: the quality and speed report
 )
 
 

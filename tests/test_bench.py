@@ -1,0 +1,102 @@
+"""``esdistill bench`` in its reduced form: the tiny collection, the tiny model as student and
+teacher, a real Elasticsearch node. Checks the report's keys, its tables and its plots, and that
+a second run reuses the cached distillation instead of training again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from esdistill.deploy.bench import BenchConfig, run_bench, sample_collection
+from esdistill.plugin._errors import ConfigError
+
+SYSTEMS = ("bm25", "student_shipped", "student_distilled_int8", "student_distilled_int8_flat",
+           "student_distilled_onnx_fp32", "student_distilled_torch_fp32", "hybrid", "teacher_rerank")
+TRAIN = {"batch_size": 4, "lr": 2e-3, "epochs": 3, "max_seq_length": 64, "max_query_length": 32,
+         "teacher_temperature": 0.5}
+
+
+def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_collection, tiny_bi_encoder,
+                                                               tmp_path):
+    cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
+                      student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
+                      distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16, ingest_docs=24)
+    lines: list[str] = []
+    report = run_bench(cfg, client=es_client, progress=lines.append)
+    name = tiny_collection.name
+    on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert on_disk["collections"].keys() == {name}
+    systems = on_disk["collections"][name]["systems"]
+    for key in SYSTEMS:
+        for metric in ("ndcg@10", "recall@100", "mrr@10"):
+            assert 0.0 <= systems[key][metric] <= 1.0, (key, metric)
+    queries = systems["bm25"]["queries"]
+    assert queries == 8 and all(systems[k]["queries"] == queries for k in SYSTEMS)
+    for key in SYSTEMS:
+        if key not in ("student_shipped",):
+            wl = systems[key]["vs_student_shipped"]
+            assert wl["wins"] + wl["losses"] + wl["ties"] == queries
+    # int8 against fp32 of the same student, and ES flat against int8_hnsw: both measured
+    assert "int8_vs_fp32_ndcg_change" in "".join(on_disk["targets"])
+    speed = on_disk["speed"]
+    assert set(speed["encoder_docs_per_s"]) >= {"st_torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert all(v > 0 for v in speed["encoder_docs_per_s"].values())
+    assert speed["ingest_docs_per_s"] > 0 and speed["ingest"]["indexed"] == 24
+    for mode in ("knn", "hybrid", "knn_rerank"):
+        lat = speed["query_latency_ms"][mode]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert systems["teacher_rerank"]["rerank_outcomes"].get("full") == queries
+    dist = on_disk["distillation"][name]
+    assert dist["gate"]["promoted"] and dist["teacher_scores"]["computed"] > 0
+    env = on_disk["environment"]
+    assert env["elasticsearch"] and env["cores"] and env["seed"] == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Targets" in md and "shipped student" in md and "frontier.png" in md
+    for png in report["plots"]:
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(report["plots"]) == {"frontier.png", "quality.png", "encoder.png"}
+    assert any("distilling" in line for line in lines)
+
+    # a second run reuses the distillation run and the indices: nothing is trained or ingested again
+    lines.clear()
+    again = run_bench(cfg, client=es_client, progress=lines.append)
+    assert again["distillation"][name]["run_dir"] == dist["run_dir"]
+    assert all(i["reused"] for i in again["collections"][name]["indices"].values())
+    assert again["collections"][name]["systems"]["student_distilled_int8"]["ndcg@10"] == \
+        systems["student_distilled_int8"]["ndcg@10"]
+    for alias in {i["index"] for i in again["collections"][name]["indices"].values()}:
+        for physical in es_client.indices.get(index=f"{alias}*"):
+            es_client.indices.delete(index=physical)
+
+
+def test_sample_keeps_every_judged_document_of_the_kept_queries(tiny_collection, tmp_path):
+    folder, info = sample_collection(tiny_collection, tmp_path, max_docs=12, max_queries=3, train_queries=None,
+                                     seed=1)
+    assert info["sampled"] and info["test_queries"] == 3 and info["docs"] == 12
+    qrels = [line.split("\t") for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    kept = {json.loads(line)["_id"] for line in (folder / "corpus.jsonl").read_text().splitlines()}
+    assert len(kept) == 12 and {d for _, d, _ in qrels} <= kept
+    assert len({q for q, _, _ in qrels}) == 3
+    same, info2 = sample_collection(tiny_collection, tmp_path, max_docs=None, max_queries=None,
+                                    train_queries=None, seed=1)
+    assert same == tiny_collection and not info2["sampled"]
+
+
+def test_bench_refuses_a_folder_that_is_not_a_collection(tmp_path):
+    with pytest.raises(ConfigError, match="BEIR layout"):
+        BenchConfig(out=tmp_path / "r", collections=(tmp_path,))
+    with pytest.raises(ConfigError, match="not among the collections"):
+        BenchConfig(out=tmp_path / "r", collections=(_beir(tmp_path),), distilled={"nope": "dir"})
+
+
+def _beir(root):
+    folder = root / "mini"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder

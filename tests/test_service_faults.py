@@ -50,7 +50,7 @@ def test_service_survives_elasticsearch_being_killed_and_restarted(own_node, stu
     with TestClient(app) as c:
         before = c.post("/v1/search", json=query, headers=H)
         assert before.status_code == 200 and c.get("/readyz").status_code == 200
-        expected = [h["id"] for h in before.json()["hits"]]
+        expected = before.json()["hits"]
 
         own_node.kill()
         for path, body in (("/v1/search", query), ("/v1/ingest", {"documents": [{"text": "during outage"}]})):
@@ -72,9 +72,17 @@ def test_service_survives_elasticsearch_being_killed_and_restarted(own_node, stu
             time.sleep(0.5)
         after = c.post("/v1/search", json=query, headers=H)
         assert after.status_code == 200, after.text[:300]
-        assert [h["id"] for h in after.json()["hits"]] == expected
+        _assert_same_ranking(after.json()["hits"], expected)
         ingest = c.post("/v1/ingest", json={"documents": [{"_id": "after", "text": "back again"}]}, headers=H)
         assert ingest.status_code == 200 and ingest.json()["indexed"] == 1
         text = c.get("/metrics").text
         assert 'esdistill_es_unavailable_total{route="/v1/search"}' in text
         assert "esdistill_ready 1.0" in text
+
+
+def _assert_same_ranking(got: list, want: list) -> None:
+    """The same ranking up to ties: equal score lists and the same documents (one may differ at the
+    cut). A restarted node recovers its segments from the translog and Lucene breaks BM25 score ties
+    by internal doc id, so tied documents can swap, and in hybrid mode carry each other's RRF score."""
+    assert [round(h["score"], 5) for h in got] == [round(h["score"], 5) for h in want]
+    assert len({h["id"] for h in got} & {h["id"] for h in want}) >= len(want) - 1, (got, want)

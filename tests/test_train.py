@@ -16,7 +16,7 @@ from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_ga
 from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools
 from esdistill.export.queries import RuleBasedGenerator, generate_queries
 from esdistill.export.teachers import BiEncoderTeacher, BM25Teacher
-from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
+from esdistill.export.train import StudentEncoder, TrainConfig, boost_positives, load_student, train_student
 from esdistill.plugin._errors import ConfigError
 
 FAST = {
@@ -137,3 +137,15 @@ def test_teacher_selection_and_evaluate_run(es_client, index_prefix, corpus, dev
         evaluate_run({"a": {"x": 1}}, {}, "NotAMetric@3")
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr=0)
+
+
+def test_positive_boost_lifts_only_known_positives_above_the_best_other_candidate():
+    t = np.array([0.5, 2.0, -1.0, 1.0])
+    out = boost_positives(t, [True, False, True, False], 0.5)
+    assert out.tolist() == [2.5, 2.0, 2.5, 1.0]  # both positives lifted to best other + 0.5
+    assert boost_positives(np.array([3.0, 1.0]), [True, False], 0.5).tolist() == [3.0, 1.0]  # already on top
+    assert boost_positives(t, [False] * 4, 0.5) is t and boost_positives(t, [True] * 4, 0.5) is t
+    assert boost_positives(t, [True, False, False, False], None) is t
+    # in the KL target the labelled positive now carries the most probability mass
+    p = np.exp(out) / np.exp(out).sum()
+    assert p[0] == p.max()

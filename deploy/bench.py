@@ -523,7 +523,7 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
 
     run_dir = Path(summary["run_dir"])
     lists = load_lists(run_dir / "lists.train.jsonl")
-    corpus = load_corpus(folder)
+    corpus = load_corpus(summary.get("corpus") or folder)  # the corpus the lists were mined from
     base_cfg = summary.get("train", {}).get("config", {})
     rows: dict[str, Any] = {}
     for loss in ABLATION_LOSSES:
@@ -617,8 +617,8 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
         distilled: Path | None = None
         dsum: dict[str, Any] | None = None
         if name in cfg.distilled:
-            distilled = Path(cfg.distilled[name])
-            report["distillation"][name] = {"given": str(distilled)}
+            distilled, dsum = _given_distilled(Path(cfg.distilled[name]))
+            report["distillation"][name] = {"given": cfg.distilled[name], **(_distill_facts(dsum) if dsum else {})}
         elif cfg.train:
             say(f"[bench] {name}: distilling a student (cached after the first run) ...")
             distilled, dsum = _distill(name, folder, cfg, client)
@@ -655,6 +655,24 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     say(f"[bench] done in {report['seconds'] / 60:.1f} min: {out / 'report.md'}")
     return report
+
+
+def _given_distilled(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """``--distilled`` takes a run folder of ``esdistill distill``/``adapt`` (its ``onnx/`` is served,
+    its ``student/`` gives the torch and fp32 rows) or an exported student folder."""
+    from esdistill.plugin._errors import ConfigError
+
+    if (path / "run.json").is_file():
+        summary = json.loads((path / "run.json").read_text())
+        if not (path / "onnx" / "manifest.json").is_file():
+            raise ConfigError(f"{path} is a distillation run without an export (the gate refused it?): "
+                              "nothing to benchmark as the distilled student")
+        summary["run_dir"] = str(path)
+        return path / "onnx", summary
+    if (path / "manifest.json").is_file():
+        return path, None
+    raise ConfigError(f"--distilled {path}: neither a distillation run folder (run.json + onnx/) nor an "
+                      "exported model folder (manifest.json)")
 
 
 def _distill_facts(summary: dict[str, Any]) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
               "(a bi-encoder teacher on CPU; its document embeddings are cached across queries).", "",
               "## Distillation", ""]
     for cname, d in report["distillation"].items():
-        if "given" in d:
+        if "given" in d and not d.get("gate"):
             lines.append(f"- {cname}: the distilled student was given: `{d['given']}`.")
             continue
         gate = d.get("gate") or {}

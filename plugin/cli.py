@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # esdistill's own progress at INFO; other libraries (the ONNX quantizer logs every tensor at INFO
+    # on the root logger) only from -v on
+    others = level if verbose else max(level, logging.WARNING)
+    logging.basicConfig(level=others, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("esdistill").setLevel(level)
     if verbose < 2:
         for noisy in ("elastic_transport", "urllib3", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

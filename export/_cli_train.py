@@ -43,6 +43,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "teacher's target; a negative value turns it off [1.0]")
     p.add_argument("--query-side-only", action="store_true",
                    help="freeze the document tower: the existing index needs no re-embedding")
+    p.add_argument("--document-model", default=None, metavar="DIR",
+                   help="with --query-side-only: the export that embedded your index's documents; the trained "
+                        "query encoder is paired with it and queries that index without re-embedding")
     p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--eval-max-docs", type=int, default=2000, help="dev corpus size for the gate (0: all)")
@@ -76,7 +79,7 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
         synthetic=args.synthetic, generator=args.generator, styles=tuple(s for s in args.styles.split(",") if s),
         dev_size=args.dev_size, mining=mining, teacher_max_seq_length=args.teacher_max_seq_length, train=train, eval_max_docs=args.eval_max_docs or None,
         export=not args.no_export, quantize=args.quantize, index_prefix=args.index_prefix,
-        show_progress=not args.no_progress, seed=args.seed,
+        show_progress=not args.no_progress, seed=args.seed, document_model=args.document_model,
     )
     summary = run_distill(cfg)
     if args.json:

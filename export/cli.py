@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
             args.model, args.out, quantize=args.quantize, kind=args.kind, force=args.force,
             parity_collection=args.parity_collection, parity_docs=args.parity_docs,
             parity_max_queries=args.parity_queries, thresholds=thresholds, name=args.name,
-            threads=args.threads,
+            threads=args.threads, document_model=args.document_model,
         )
     except ParityError as exc:
         if not args.json:
@@ -100,5 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="change a parity threshold (repeatable; names below)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: the source's)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the parity run")
+    p.add_argument("--document-model", default=None, metavar="DIR",
+                   help="for a query encoder trained query-side only: the export that embedded the index's "
+                        "documents (recorded, so the model may query that index and never ingest into it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)

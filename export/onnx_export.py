@@ -131,6 +131,7 @@ def export_model(
     name: str | None = None,
     quantization: QuantizationSettings | None = None,
     threads: int | None = None,
+    document_model: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX in ``out``, check parity, write the manifest.
 
@@ -149,6 +150,10 @@ def export_model(
         name: the manifest's model name (default: from the source).
         quantization: quantizer settings (default :class:`QuantizationSettings`).
         threads: onnxruntime threads for the parity run.
+        document_model: for a query encoder trained query-side only: the exported folder whose
+            document vectors it searches (the one the index was built with). Its fingerprint is
+            recorded as ``manifest.document_fingerprint``, so the query hook accepts this model on
+            that index and the ingestion hook refuses it.
 
     Returns:
         An :class:`ExportResult`.
@@ -165,6 +170,11 @@ def export_model(
         raise ConfigError(f"kind={kind!r}: expected one of {_KINDS} (or None to detect it)")
     thresholds = thresholds or ParityThresholds()
     quantization = quantization or QuantizationSettings()
+    paired: Manifest | None = None
+    if document_model is not None:
+        paired = Manifest.load(document_model, verify=True)
+        if paired.kind != "bi-encoder":
+            raise ConfigError(f"document_model {document_model}: a {paired.kind}, not a bi-encoder export")
     out = Path(out)
     _check_out(out)
     if parity_collection is not None:
@@ -254,6 +264,12 @@ def export_model(
         manifest.extra = {**manifest.extra, "parity": {"passed": not failures, "forced": report["forced"],
                                                        "sample": sample.summary(),
                                                        "variants": _brief(results)}}
+        if paired is not None:
+            if int(paired.dims) != int(manifest.dims):
+                raise ConfigError(f"document_model {document_model} makes {paired.dims}-dim vectors, this model "
+                                  f"{manifest.dims}: a query encoder must match its document model")
+            manifest.document_fingerprint = paired.fingerprint
+            manifest.extra["document_model"] = {"name": paired.name, "folder": str(document_model)}
         manifest.save(final_dir)
         (final_dir / PARITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
         _install(final_dir, out)

@@ -76,6 +76,9 @@ class DistillConfig:
         export: export the promoted student to ONNX (``quantize``: ``int8`` or ``none``).
         index_prefix: name prefix of the temporary BM25 index.
         show_progress: progress bars.
+        document_model: with query-side-only training, the export that embedded your index's
+            documents (the base student's export): the trained query encoder is paired with it
+            and can query that index without re-embedding it.
     """
 
     corpus: str | os.PathLike[str]
@@ -101,6 +104,7 @@ class DistillConfig:
     auto_teachers: tuple[str, ...] = AUTO_TEACHERS
     show_progress: bool = True
     seed: int = 0
+    document_model: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,6 +120,8 @@ class DistillConfig:
             problems.append(f"dev_size={self.dev_size} (need >= 1)")
         if self.quantize not in ("int8", "none"):
             problems.append(f"quantize={self.quantize!r} (int8 or none)")
+        if self.document_model is not None and not self.train.query_side_only:
+            problems.append("--document-model pairs a query-side-only student with an index: add --query-side-only")
         if problems:
             raise ConfigError("bad distill settings: " + "; ".join(problems))
 
@@ -300,13 +306,20 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         res = export_model(result.model_dir, out / "onnx", quantize=cfg.quantize,
                            parity_texts={d: ev_corpus[d].full for d in list(ev_corpus)[:300]},
                            parity_queries=sample_q, parity_qrels={q: dev_rels[q] for q in sample_q},
-                           name=f"{Path(os.fspath(cfg.student)).name}-distilled")
+                           name=f"{Path(os.fspath(cfg.student)).name}-distilled",
+                           document_model=cfg.document_model)
         summary["export"] = {"out": str(res.out), "fingerprint": res.manifest.fingerprint,
                              "passed": res.passed, "quantization": res.manifest.quantization}
         if cfg.train.query_side_only:
             # the export is a query encoder: documents stay embedded by the base student's export
             summary["export"]["role"] = "query encoder (documents: keep the base student's vectors)"
             summary["export"]["document_model"] = result.document_model
+            if cfg.document_model is not None:
+                summary["export"]["paired_with"] = str(cfg.document_model)
+            else:
+                summary["export"]["note"] = ("not paired with an index's document model: export again with "
+                                             "`esdistill export RUN/student --document-model DIR` (DIR: the export "
+                                             "that embedded the index) to query that index with it")
         timings["export"] = time.time() - t
     elif not gate.promoted:
         summary["export"] = {"skipped": "the gate refused the student; the base student stays in service"}

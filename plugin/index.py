@@ -318,21 +318,35 @@ class IndexManager:
         body = next(iter(mapping.values()))
         return IndexMeta.from_meta(body.get("mappings", {}).get("_meta"), index)
 
-    def check_model(self, manifest: Manifest) -> IndexMeta:
+    def check_model(self, manifest: Manifest, *, queries_only: bool = False) -> IndexMeta:
         """Refuse a model that did not make this index's vectors; return the index's meta.
 
         Ingestion and search call this before they embed anything.
 
+        Args:
+            manifest: the model's manifest.
+            queries_only: the model will only embed queries, so a query encoder paired with the
+                index's document model (``manifest.document_fingerprint``) is accepted too.
+
         Raises:
-            FingerprintError: the manifest's fingerprint or dims differ from the index's.
+            FingerprintError: the manifest's fingerprint or dims differ from the index's, or a
+                query encoder is asked to embed documents.
             ConfigError: the index does not exist or was not created by esdistill.
         """
         index = self.current()
         meta = self.meta(index)
+        if manifest.document_fingerprint and not queries_only:
+            raise FingerprintError(
+                f"model {manifest.name!r} is a query encoder (trained query-side only): it cannot embed documents. "
+                f"Embed documents with its document model (fingerprint {manifest.document_fingerprint[:12]}…) and "
+                "use this one for queries only.",
+                expected=manifest.document_fingerprint, actual=manifest.fingerprint,
+            )
         problems = []
         if int(manifest.dims) != int(meta.dims):
             problems.append(f"dims {manifest.dims} vs the index's {meta.dims}")
-        if manifest.fingerprint != meta.model_fingerprint:
+        if not (manifest.queries_index_of(meta.model_fingerprint) if queries_only
+                else manifest.fingerprint == meta.model_fingerprint):
             problems.append(f"fingerprint {manifest.short_fingerprint}… vs the index's {meta.model_fingerprint[:12]}…")
         if problems:
             raise FingerprintError(
@@ -396,6 +410,9 @@ class IndexManager:
     def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None) -> str:
         from elasticsearch import ApiError
 
+        if manifest.document_fingerprint:
+            raise ConfigError(f"model {manifest.name!r} is a query encoder (trained query-side only): an index is built "
+                              "with its document model (the export it is paired with), not with it")
         name = self._next_name()
         body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous)
         try:

@@ -82,6 +82,10 @@ class Manifest:
         source_sha256: sha256 of the source weights file.
         libraries: versions of the export libraries.
         extra: free-form details (parity summary, training run id, ...).
+        document_fingerprint: set on a *query encoder* trained with the document tower frozen
+            (query-side-only adaptation): the fingerprint of the export whose document vectors it
+            searches. Such a model may query an index built by that export, never embed documents
+            into it. Empty for an ordinary model (it embeds both).
     """
 
     name: str
@@ -106,6 +110,12 @@ class Manifest:
     libraries: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = 1
+    document_fingerprint: str = ""
+
+    def queries_index_of(self, fingerprint: str) -> bool:
+        """Whether this model may embed the queries for vectors made by ``fingerprint``: it made
+        them itself, or it is a query encoder paired with that document model."""
+        return fingerprint in (self.fingerprint, self.document_fingerprint)
 
     def __post_init__(self) -> None:
         problems = []

@@ -423,8 +423,9 @@ class QueryHook:
                            "the query model made its vectors", physical)
             return
         mine = str(self.encoder.fingerprint)
+        paired = str(getattr(getattr(self.encoder, "manifest", None), "document_fingerprint", "") or "")
         dims = meta.get("dims") or nested.get("dims")
-        if fingerprint != mine or (dims is not None and int(dims) != int(self.encoder.dims)):
+        if fingerprint not in (mine, paired) or (dims is not None and int(dims) != int(self.encoder.dims)):
             raise FingerprintError(
                 f"the query model (fingerprint {mine[:12]}…, {self.encoder.dims} dims) did not make the vectors of "
                 f"index {self.index!r} (physical {physical}: fingerprint {str(fingerprint)[:12]}…, {dims} dims, "

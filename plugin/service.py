@@ -178,7 +178,7 @@ class ServiceState:
             mgr = IndexManager(fast, self.settings.index)
             if mgr.exists():
                 checks["index"] = True
-                mgr.check_model(self.manifest)
+                mgr.check_model(self.manifest, queries_only=True)
                 checks["model"] = True
             else:
                 reason = (f"index {self.settings.index!r} does not exist; create it with "

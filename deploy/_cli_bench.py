@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distilled", action="append", metavar="NAME=DIR",
                    help="an exported distilled student for collection NAME (repeatable; skips training)")
     p.add_argument("--no-train", action="store_true", help="do not train a distilled student when none is given")
-    p.add_argument("--ablation", action="store_true", help="also train the same lists with each loss")
+    p.add_argument("--ablation", nargs="*", metavar="NAME", default=None,
+                   help="also train the distillation lists again with each loss (of the named collections; "
+                        "no name: all)")
+    p.add_argument("--rerank-depths", default=None, metavar="N,N",
+                   help="teacher rerank depths to evaluate (default 20,100; quick 20)")
     p.add_argument("--student", default="minilm", help="base student (packaged name or folder) [minilm]")
     p.add_argument("--teacher", default="mpnet", help="teacher bi-encoder (packaged name or folder) [mpnet]")
     p.add_argument("--max-docs", type=int, default=None, help="documents per collection (default: all; quick 800)")

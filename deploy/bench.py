@@ -67,7 +67,8 @@ class BenchConfig:
         student / teacher: packaged names or folders (the teacher is served as a bi-encoder).
         distilled: collection name -> an exported distilled student folder (skips training).
         train: train a distilled student when none is given.
-        ablation: also train the same lists with every loss of :data:`ABLATION_LOSSES`.
+        ablation: collection names whose distillation lists are trained again with every loss of
+            :data:`ABLATION_LOSSES` (``None``: none; empty: all).
         threads: onnxruntime/torch threads (default: all cores).
         seed: sampling and training seed.
         max_docs / max_queries: collection sample (``None``: everything).
@@ -87,7 +88,7 @@ class BenchConfig:
     teacher: str = "mpnet"
     distilled: dict[str, str] = field(default_factory=dict)
     train: bool = True
-    ablation: bool = False
+    ablation: tuple[str, ...] | None = None
     threads: int | None = None
     seed: int = 0
     max_docs: int | None = None
@@ -123,6 +124,12 @@ class BenchConfig:
             base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
             self.work = Path(base) / "esdistill" / "bench"
         self.work = Path(self.work)
+        if self.ablation:
+            self.ablation = tuple(self.ablation)
+            bad = set(self.ablation) - {c.name for c in self.collections}
+            if bad:
+                raise ConfigError(f"--ablation names {sorted(bad)} are not among the collections "
+                                  f"{[c.name for c in self.collections]}")
         unknown = set(self.distilled) - {c.name for c in self.collections}
         if unknown:
             raise ConfigError(f"--distilled names {sorted(unknown)} are not among the collections "
@@ -435,10 +442,10 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
 
     reranker = load_reranker(models["teacher"], threads=threads, cache_size=200_000)
     base = "student_distilled_int8" if distilled is not None else "student_shipped"
-    for depth in cfg.rerank_depths or (20,):
+    for i, depth in enumerate(cfg.rerank_depths or (20,)):
         hook = QueryHook(student_hook.client, student_hook.index, student_hook.encoder, reranker=reranker,
                          config=QueryConfig(rerank=RerankConfig(top_n=depth)))
-        label = "teacher_rerank" if depth == 20 else f"teacher_rerank_top{depth}"
+        label = "teacher_rerank" if i == 0 else f"teacher_rerank_top{depth}"
         run(label, hook, mode="knn", rerank=True)
         systems[label]["first_stage"] = base
         systems[label]["top_n"] = depth
@@ -628,7 +635,7 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
         say(f"[bench] {name}: quality (BM25, students, hybrid, teacher rerank) ...")
         report["collections"][name] = _evaluate_collection(folder, name, cfg, client, models, distilled, dsum)
         timings[f"{name}.quality"] = time.perf_counter() - t
-        if cfg.ablation and dsum is not None:
+        if cfg.ablation is not None and (not cfg.ablation or name in cfg.ablation) and dsum is not None:
             t = time.perf_counter()
             say(f"[bench] {name}: loss ablation ({', '.join(ABLATION_LOSSES)}) ...")
             report["distillation"][name]["ablation"] = _ablation(name, folder, dsum, cfg)
@@ -713,6 +720,20 @@ def _targets(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _depths(text: str | None) -> tuple[int, ...] | None:
+    from esdistill.plugin._errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        depths = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--rerank-depths {text!r}: write numbers separated by commas, e.g. 20,100") from None
+    if not depths or min(depths) < 1:
+        raise ConfigError(f"--rerank-depths {text!r}: need one or more positive depths")
+    return depths
+
+
 def main_args(args: Any) -> int:
     """Entry point of ``esdistill bench`` (parsed arguments)."""
     from esdistill.plugin._errors import ConfigError
@@ -725,8 +746,9 @@ def main_args(args: Any) -> int:
         distilled[k] = v
     cfg = BenchConfig(out=Path(args.out), collections=tuple(Path(c) for c in args.collections or ()),
                       quick=args.quick, student=args.student, teacher=args.teacher, distilled=distilled,
-                      train=not args.no_train, ablation=args.ablation, threads=args.threads, seed=args.seed,
-                      max_docs=args.max_docs, max_queries=args.max_queries,
+                      train=not args.no_train, ablation=tuple(args.ablation) if args.ablation is not None else None,
+                      threads=args.threads, seed=args.seed, max_docs=args.max_docs, max_queries=args.max_queries,
+                      rerank_depths=_depths(args.rerank_depths),
                       work=Path(args.work) if args.work else None)
     report = run_bench(cfg)
     if args.json:

@@ -113,6 +113,13 @@ def _st_onnx_int8(source: Path, work: Path, threads: int) -> Any:
         fp32 = SentenceTransformer(str(local), backend="onnx", device="cpu", model_kwargs=dict(kwargs))
         fp32.save(str(local))
         export_dynamic_quantized_onnx_model(fp32, "avx2", str(local))
+        # optimum keeps its export in a TemporaryDirectory on the model; remove it now rather than
+        # leave it to the garbage collector (which warns)
+        for module in fp32.modules():
+            for inner in (module, *vars(module).values()):
+                tmp = getattr(inner, "_model_save_dir_tempdirectory_instance", None)
+                if tmp is not None:
+                    tmp.cleanup()
     return SentenceTransformer(str(local), backend="onnx", device="cpu",
                                model_kwargs={**kwargs, "file_name": "onnx/model_quint8_avx2.onnx"})
 

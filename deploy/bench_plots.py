@@ -20,7 +20,7 @@ SYSTEM_LABELS = {
     "student_distilled_int8_flat": "distilled student, ONNX int8 (flat)",
     "student_distilled_int8": "distilled student, ONNX int8 (int8_hnsw)",
     "hybrid": "hybrid: BM25 + student (RRF)",
-    "teacher_rerank": "student + teacher rerank top 20",
+    "teacher_rerank": "student + teacher rerank",
     "teacher_rerank_top100": "student + teacher rerank top 100",
 }
 _FRONTIER = ("bm25", "student_shipped", "student_distilled_int8", "hybrid", "teacher_rerank",
@@ -138,7 +138,9 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
             wl = s.get("vs_student_shipped")
             wl_text = f"{wl['wins']}/{wl['losses']}/{wl['ties']}" if wl else "-"
             lat = s.get("latency_ms", {})
-            lines.append(f"| {SYSTEM_LABELS.get(key, key)} | {_fmt(s['ndcg@10'])} | {_fmt(s['recall@100'])} | "
+            label = (f"student + teacher rerank top {s['top_n']}" if key.startswith("teacher_rerank")
+                     else SYSTEM_LABELS.get(key, key))
+            lines.append(f"| {label} | {_fmt(s['ndcg@10'])} | {_fmt(s['recall@100'])} | "
                          f"{_fmt(s['mrr@10'])} | {s['queries']} | {wl_text} | {_fmt(lat.get('p50'), 1)} | "
                          f"{_fmt(lat.get('p99'), 1)} |")
         for note in coll.get("notes", []):

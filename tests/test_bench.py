@@ -24,7 +24,8 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
                                                                tmp_path):
     cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
                       student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
-                      distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16, ingest_docs=24)
+                      distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16, ingest_docs=24,
+                      ablation=())
     lines: list[str] = []
     report = run_bench(cfg, client=es_client, progress=lines.append)
     name = tiny_collection.name
@@ -52,10 +53,13 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
     assert systems["teacher_rerank"]["rerank_outcomes"].get("full") == queries
     dist = on_disk["distillation"][name]
     assert dist["gate"]["promoted"] and dist["teacher_scores"]["computed"] > 0
+    ablation = dist["ablation"]["losses"]
+    assert list(ablation) == ["infonce", "kl", "margin-mse", "pairwise", "kl+0.1*infonce"]
+    assert all(0.0 <= row["ndcg@10"] <= 1.0 and row["queries"] == queries for row in ablation.values())
     env = on_disk["environment"]
     assert env["elasticsearch"] and env["cores"] and env["seed"] == 0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Targets" in md and "shipped student" in md and "frontier.png" in md
+    assert "## Targets" in md and "shipped student" in md and "frontier.png" in md and "Loss ablation" in md
     for png in report["plots"]:
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(report["plots"]) == {"frontier.png", "quality.png", "encoder.png"}

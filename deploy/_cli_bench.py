@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--quick", action="store_true",
-                   help="a sample of each collection (800 docs, 40 test queries, 200 train queries) and a small "
+                   help="a sample of each collection (500 docs, 30 test queries, 120 train queries) and a small "
                         "training budget: about 15 minutes on 2 cores the first time")
     p.add_argument("--collections", nargs="*", help="BEIR folders (default: every folder of ../shared/data)")
     p.add_argument("--distilled", action="append", metavar="NAME=DIR",
@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="teacher rerank depths to evaluate (default 20,100; quick 20)")
     p.add_argument("--student", default="minilm", help="base student (packaged name or folder) [minilm]")
     p.add_argument("--teacher", default="mpnet", help="teacher bi-encoder (packaged name or folder) [mpnet]")
-    p.add_argument("--max-docs", type=int, default=None, help="documents per collection (default: all; quick 800)")
-    p.add_argument("--max-queries", type=int, default=None, help="test queries per collection (default: all; quick 40)")
+    p.add_argument("--max-docs", type=int, default=None, help="documents per collection (default: all; quick 500)")
+    p.add_argument("--max-queries", type=int, default=None, help="test queries per collection (default: all; quick 30)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime/torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=None, help="cache folder (default ~/.cache/esdistill/bench)")

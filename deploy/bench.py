@@ -113,8 +113,8 @@ class BenchConfig:
         if missing or not self.collections:
             raise ConfigError(f"no usable collection in {missing or DEFAULT_DATA}: each needs corpus.jsonl, "
                               "queries.jsonl and qrels/test.tsv (BEIR layout); pass --collections DIR ...")
-        quick = {"max_docs": 800, "max_queries": 40, "train_queries": 200, "rerank_depths": (20,),
-                 "encoder_docs": 64, "ingest_docs": 400}
+        quick = {"max_docs": 500, "max_queries": 30, "train_queries": 120, "rerank_depths": (20,),
+                 "encoder_docs": 48, "ingest_docs": 400}
         full = {"max_docs": None, "max_queries": None, "train_queries": None, "rerank_depths": (20, 100),
                 "encoder_docs": 300, "ingest_docs": 2000}
         for key, value in (quick if self.quick else full).items():
@@ -304,7 +304,7 @@ def _distill(name: str, folder: Path, cfg: BenchConfig, client: Any) -> tuple[Pa
             corpus=folder, out=run_dir, student=cfg.student, teacher=cfg.distill_teacher,
             queries=folder / "queries.jsonl" if labelled else None,
             qrels=folder / "qrels" / "train.tsv" if labelled else None,
-            synthetic=None if labelled else (300 if cfg.quick else 2000), dev_size=dev_size,
+            synthetic=None if labelled else (200 if cfg.quick else 2000), dev_size=dev_size,
             mining=mining, train=train, show_progress=_tty(), seed=cfg.seed,
             index_prefix="esdistill-bench-train-",
         )

@@ -222,6 +222,6 @@ def select_teacher(candidates: Mapping[str, Any], lists: Sequence[Any], corpus: 
             run[c.query_id] = {d: float(v) for d, v in zip(c.doc_ids, s)}
         scores[name] = evaluate_run(qrels, run, metric)[0]
     best = max(scores, key=lambda n: (scores[n], -list(candidates).index(n)))
-    logger.info("teacher selection (%s on %d pseudo-dev queries): %s -> %s", metric, len(judged),
+    logger.info("teacher selection (%s on %d dev queries): %s -> %s", metric, len(judged),
                 {k: round(v, 4) for k, v in scores.items()}, best)
     return best, scores

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,14 @@ from esdistill.export.mining import (
     retrieve_pools,
     save_lists,
 )
-from esdistill.export.queries import ALL_STYLES, filter_grounded, generate_queries, load_generator, split_dev
+from esdistill.export.queries import (
+    ALL_STYLES,
+    filter_grounded,
+    generate_queries,
+    load_generator,
+    mask_source,
+    split_dev,
+)
 from esdistill.export.score_cache import ScoreCache
 from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cache
 from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
@@ -76,6 +84,10 @@ class DistillConfig:
         export: export the promoted student to ONNX (``quantize``: ``int8`` or ``none``).
         index_prefix: name prefix of the temporary BM25 index.
         show_progress: progress bars.
+        mask_dev_source: for a pseudo-dev set of synthetic queries, prefer queries that copy a
+            passage (claim, title) and cut that passage from the source document in the dev copy of
+            the corpus (the inverse cloze task), so that the teacher choice and the gate do not
+            reward finding copied words.
         document_model: with query-side-only training, the export that embedded your index's
             documents (the base student's export): the trained query encoder is paired with it
             and can query that index without re-embedding it.
@@ -105,6 +117,7 @@ class DistillConfig:
     show_progress: bool = True
     seed: int = 0
     document_model: str | os.PathLike[str] | None = None
+    mask_dev_source: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -164,6 +177,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"corpus": str(cfg.corpus), "docs": len(corpus), "student": cfg.student}
 
     # ---------------------------------------------------------------- queries
+    dev_masked: dict[str, Doc] = {}
     given = load_queries(cfg.queries) if cfg.queries else {}
     given_qrels = load_qrels(cfg.qrels) if cfg.qrels else {}
     if given_qrels:
@@ -196,23 +210,44 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             raise ConfigError(f"only {len(judged)} training queries have a known relevant document; need at "
                               f"least {2 * cfg.dev_size} to hold out {cfg.dev_size} for the gate (lower --dev-size "
                               "or allow more synthetic queries)")
-        _, held = split_dev(judged, dev_size=cfg.dev_size, seed=cfg.seed)
+        # hold out copied-passage queries when there are enough: they can be scored against their
+        # source document without the copied passage (see below)
+        span_of = {q.query_id: q.span for q in synthetic if q.span}
+        with_span = [q for q in judged if q in span_of]
+        pick_from = with_span if cfg.mask_dev_source and len(with_span) >= 2 * cfg.dev_size else judged
+        _, held = split_dev(pick_from, dev_size=cfg.dev_size, seed=cfg.seed)
         dev_q = {q: train_q.pop(q) for q in held}
         dev_rels = {q: {d: 1 for d in positives[q]} for q in held}
         dev_origin = "held-out queries with known relevant documents (pseudo-dev)"
+        if cfg.mask_dev_source:
+            spans: dict[str, list[str]] = {}
+            for q in held:
+                if span_of.get(q):
+                    spans.setdefault(next(iter(dev_rels[q])), []).append(span_of[q])
+            dev_masked = {d: mask_source(corpus[d], s) for d, s in spans.items()}
+            if dev_masked:
+                dev_origin += (f"; {sum(1 for q in held if span_of.get(q))} of them copy a passage, which is cut "
+                               "from their source document for the dev set (inverse cloze)")
     summary.update(train_queries=len(train_q), given_queries=len(given), synthetic_queries=len(synthetic),
                    dev_queries=len(dev_q), dev_origin=dev_origin)
     timings["queries"] = time.time() - t0
 
     es = es or connect()
     score_cache = ScoreCache(cache_dir / "teacher_scores.sqlite")
-    with Bm25Index(es, corpus, prefix=cfg.index_prefix) as bm25:
+    dev_view = {**corpus, **dev_masked} if dev_masked else corpus
+    with ExitStack() as stack:
+        bm25 = stack.enter_context(Bm25Index(es, corpus, prefix=cfg.index_prefix))
+        # the dev queries search a copy of the corpus with their copied passages cut out
+        bm25_dev = (stack.enter_context(Bm25Index(es, dev_view, prefix=cfg.index_prefix + "dev-"))
+                    if dev_masked else bm25)
         # ------------------------------------------------------------ retrievers
         t = time.time()
         base = BiEncoderTeacher(cfg.student, max_seq_length=cfg.train.max_seq_length, embedding_cache=cache_dir,
                                 show_progress=cfg.show_progress)
         doc_ids = list(corpus)
         dense = DenseRetriever(doc_ids, base.doc_vectors([corpus[d].full for d in doc_ids]), base.embed_queries)
+        dense_dev = (DenseRetriever(doc_ids, base.doc_vectors([dev_view[d].full for d in doc_ids]), base.embed_queries)
+                     if dev_masked else dense)
         timings["student_embeddings"] = time.time() - t
 
         # ------------------------------------------------------------ teacher
@@ -220,37 +255,37 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
 
         shared: dict[str, Any] = {}
 
-        def make(spec: str) -> Any:
-            return with_cache(build_teacher(spec, bm25_index=bm25, embedding_cache=cache_dir, shared=shared,
+        def make(spec: str, index: Any = bm25) -> Any:
+            return with_cache(build_teacher(spec, bm25_index=index, embedding_cache=cache_dir, shared=shared,
                                             show_progress=cfg.show_progress, max_seq_length=cfg.teacher_max_seq_length),
                               score_cache)
 
-        def prepare_all(doc_ids: list[str], queries: list[str] | None = None) -> None:
+        def prepare_all(doc_ids: list[str], queries: list[str] | None = None, view: Any = corpus) -> None:
             """Embed the pooled documents (and the queries) with every bi-encoder teacher in large
             batches, once, instead of one small batch per query."""
             for member in shared.values():
                 if isinstance(member, BiEncoderTeacher):
-                    member.prepare([corpus[d].full for d in dict.fromkeys(doc_ids)])
+                    member.prepare([view[d].full for d in dict.fromkeys(doc_ids)])
                     member.save_embeddings()
                     if queries:
                         member.embed_queries(queries)
 
         dev_pos = {q: list(r) for q, r in dev_rels.items()}
-        dev_pools = retrieve_pools(dev_q, bm25=bm25, dense=dense, positives=dev_pos,
+        dev_pools = retrieve_pools(dev_q, bm25=bm25_dev, dense=dense_dev, positives=dev_pos,
                                    depth=cfg.mining.pool_depth)
         pooled = [d for c in dev_pools for d in c.doc_ids]
+        specs = list(cfg.auto_teachers) if cfg.teacher == "auto" else [cfg.teacher]
+        candidates = {spec: make(spec, bm25_dev) for spec in specs}
+        prepare_all(pooled, list(dev_q.values()), dev_view)
+        chosen, scores = select_teacher(candidates, dev_pools, dev_view)
         if cfg.teacher == "auto":
-            candidates = {spec: make(spec) for spec in cfg.auto_teachers}
-            prepare_all(pooled, list(dev_q.values()))
-            chosen, scores = select_teacher(candidates, dev_pools, corpus)
-            teacher = candidates[chosen]
             selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
                          "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}
         else:
-            teacher = make(cfg.teacher)
-            prepare_all(pooled, list(dev_q.values()))
-            chosen, scores = select_teacher({cfg.teacher: teacher}, dev_pools, corpus)
+            chosen = cfg.teacher
             selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
+        selection["dev_origin"] = dev_origin
+        teacher = make(chosen)  # the same teacher over the training corpus
         _write_json(out / "teacher_selection.json", selection)
         summary["teacher"] = selection
         timings["teacher_selection"] = time.time() - t
@@ -272,7 +307,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     # ---------------------------------------------------------------- training + gate
     t = time.time()
     extra = [d for c in dev_pools for d in c.doc_ids]
-    ev_corpus: dict[str, Doc] = dev_corpus(corpus, dev_rels, max_docs=cfg.eval_max_docs, extra_ids=extra,
+    ev_corpus: dict[str, Doc] = dev_corpus(dev_view, dev_rels, max_docs=cfg.eval_max_docs, extra_ids=extra,
                                            seed=cfg.seed)
     evaluator = RetrievalEvaluator(ev_corpus, dev_q, dev_rels)
     frozen = None

@@ -43,6 +43,7 @@ __all__ = [
     "filter_grounded",
     "generate_queries",
     "load_generator",
+    "mask_source",
     "split_dev",
 ]
 
@@ -71,12 +72,17 @@ class SyntheticQuery:
         text: the query.
         style: the style that produced it.
         doc_id: the source document, taken as relevant.
+        span: the exact document text the query was cut from (a sentence or the title), or ``""``
+            when the query is not a copy of one passage. Held-out queries with a span are scored
+            against their source document *without* that span (the inverse cloze task), so a
+            lexical matcher cannot win by finding the copied words.
     """
 
     query_id: str
     text: str
     style: str
     doc_id: str
+    span: str = ""
 
 
 @runtime_checkable
@@ -162,40 +168,48 @@ class RuleBasedGenerator:
         Raises:
             ConfigError: unknown style.
         """
+        return self.generate_with_span(doc, style, rng)[0]
+
+    def generate_with_span(self, doc: Doc, style: str, rng: random.Random) -> tuple[str | None, str]:
+        """Like :meth:`generate`, with the document passage a ``claim`` or ``title`` query copies
+        (``""`` for the other styles, and when no query could be written).
+
+        Raises:
+            ConfigError: unknown style.
+        """
         if style == "keyword":
             top = self._salient(doc.full, 8)
             if len(top) < 2:
-                return None
+                return None, ""
             n = rng.randint(2, min(4, len(top)))
             picked = rng.sample(top[:max(n + 2, 4)], n)
-            return " ".join(w.lower() for w in picked)
+            return " ".join(w.lower() for w in picked), ""
         if style == "claim":
             sents = self._sentences(doc)
             if not sents:
-                return None
+                return None, ""
             weights = [sum(self.idf.get(w.lower(), self.default_idf) for w in _words(s) if _content(w))
                        / math.sqrt(len(s.split())) for s in sents]
-            s = rng.choices(sents, weights=weights, k=1)[0]
-            s = re.sub(r"\([^)]*\)|\[[^\]]*\]", "", s)
-            words = s.split()
+            sentence = rng.choices(sents, weights=weights, k=1)[0]
+            words = re.sub(r"\([^)]*\)|\[[^\]]*\]", "", sentence).split()
             if len(words) > 22:
                 start = rng.randint(0, len(words) - 22)
                 words = words[start:start + 22]
-            return " ".join(words).rstrip(".;,:")
+            return " ".join(words).rstrip(".;,:"), sentence
         if style == "question":
             phrases = self._phrases(doc.full, 4)
             if not phrases:
-                return None
+                return None, ""
             templates = [t for t, need in _QUESTION_TEMPLATES if need <= len(phrases)]
             template = rng.choice(templates)
             a, b = rng.sample(phrases[:3], 2) if len(phrases) >= 2 else (phrases[0], "")
-            return template.format(a=a, b=b)
+            return template.format(a=a, b=b), ""
         if style == "title":
             if doc.title and doc.title.strip() != doc.text.strip()[: len(doc.title.strip())]:
-                return doc.title.strip().rstrip(".")
+                return doc.title.strip().rstrip("."), doc.title.strip()
             sents = self._sentences(doc) or [doc.text]
             words = sents[0].split()
-            return " ".join(words[:10]).rstrip(".;,:") if len(words) >= 3 else None
+            return (" ".join(words[:10]).rstrip(".;,:"), sents[0]) if len(words) >= 3 else (None, "")
         raise ConfigError(f"unknown query style {style!r}; choose from {ALL_STYLES}")
 
 
@@ -262,10 +276,14 @@ def generate_queries(corpus: Mapping[str, Doc], generator: QueryGenerator, *, pe
     offset = 0
     for doc_id in ids:
         for j in range(per_doc):
-            text = None
+            text, span = None, ""
+            with_span = getattr(generator, "generate_with_span", None)
             for k in range(len(styles)):  # the planned style, else the next one that works
                 style = styles[(offset + j + k) % len(styles)]
-                text = generator.generate(corpus[doc_id], style, rng)
+                if with_span is not None:
+                    text, span = with_span(corpus[doc_id], style, rng)
+                else:
+                    text = generator.generate(corpus[doc_id], style, rng)
                 if text is not None:
                     break
             if text is None:
@@ -275,7 +293,7 @@ def generate_queries(corpus: Mapping[str, Doc], generator: QueryGenerator, *, pe
             if len(text.split()) < min_words or key in seen:
                 continue
             seen.add(key)
-            out.append(SyntheticQuery(f"syn-{doc_id}-{style}-{j}", text, style, doc_id))
+            out.append(SyntheticQuery(f"syn-{doc_id}-{style}-{j}", text, style, doc_id, span))
         offset += 1
         if max_queries is not None and len(out) >= max_queries:
             break
@@ -301,6 +319,28 @@ def filter_grounded(lists: Sequence, *, max_rank: int = 3) -> tuple[list, list]:
     kept = [c for c in lists if 0 <= c.teacher_rank_of_positive < max_rank]
     dropped = [c for c in lists if not 0 <= c.teacher_rank_of_positive < max_rank]
     return kept, dropped
+
+
+def mask_source(doc: Doc, spans: Sequence[str]) -> Doc:
+    """``doc`` without the passages its held-out queries were copied from (the inverse cloze task):
+    a span equal to the title empties the title, any other span is cut from the title or text.
+
+    Example:
+        >>> mask_source(Doc("d", "Jet engines", "Air is compressed. Fuel burns."), ["Fuel burns."]).text
+        'Air is compressed.'
+    """
+    title, text = doc.title, doc.text
+    for span in spans:
+        span = span.strip()
+        if not span:
+            continue
+        if span == title.strip():
+            title = ""
+        elif span in text:
+            text = " ".join(text.replace(span, " ", 1).split())
+        elif span in title:
+            title = " ".join(title.replace(span, " ", 1).split())
+    return Doc(doc.doc_id, title, text)
 
 
 def split_dev(items: Sequence, *, dev_size: int, seed: int = 0) -> tuple[list, list]:

@@ -36,7 +36,10 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert set(sel["scores"]) == set(cfg.auto_teachers)
     assert sel["chosen"] == max(sel["scores"], key=sel["scores"].get)
     assert summary["dev_queries"] == 10 and summary["synthetic_queries"] >= 70
-    assert summary["dev_origin"].startswith("held-out")
+    assert summary["dev_origin"].startswith("held-out") and "inverse cloze" in summary["dev_origin"]
+    assert sel["dev_origin"] == summary["dev_origin"]
+    # both temporary BM25 indices (training corpus, and the dev copy with copied passages cut) are gone
+    assert not es_client.indices.get(index=f"{index_prefix}-*", allow_no_indices=True)
     gate = json.loads((run / "gate.json").read_text())
     assert gate["promoted"] == (gate["trained"] >= gate["base"])
     assert gate["promoted"], gate["reason"]  # the tiny random student learns from BM25-grade teachers

@@ -15,6 +15,7 @@ from esdistill.export.queries import (
     filter_grounded,
     generate_queries,
     load_generator,
+    mask_source,
     split_dev,
 )
 from esdistill.plugin._errors import ConfigError
@@ -79,3 +80,32 @@ def test_filter_grounded_and_split():
     assert len(dropped) == 2
     train, dev = split_dev(list(range(10)), dev_size=3, seed=0)
     assert len(dev) == 3 and sorted(train + dev) == list(range(10))
+
+
+def test_copied_passages_are_recorded_and_cut_from_the_dev_copy_of_the_source(corpus):
+    qs = generate_queries(corpus, RuleBasedGenerator.fit(corpus), per_doc=4, seed=3)
+    by_style = {s: [q for q in qs if q.style == s] for s in ("keyword", "claim", "question", "title")}
+    assert by_style["claim"] and by_style["title"]
+    assert all(q.span == "" for q in by_style["keyword"] + by_style["question"])
+    for q in by_style["claim"] + by_style["title"]:
+        doc = corpus[q.doc_id]
+        assert q.span and q.span in doc.full  # the passage the query was cut from
+        masked = mask_source(doc, [q.span])
+        assert q.span not in masked.full and len(masked.full) < len(doc.full)
+        assert masked.doc_id == doc.doc_id
+    # the spans do not change which queries are generated (same seed, same texts as generate())
+    plain = generate_queries(corpus, _NoSpans(RuleBasedGenerator.fit(corpus)), per_doc=4, seed=3)
+    assert [q.text for q in plain] == [q.text for q in qs] and all(q.span == "" for q in plain)
+    title_doc = Doc("t", "Jet engines", "Air is compressed and burned.")
+    assert mask_source(title_doc, ["Jet engines"]) == Doc("t", "", "Air is compressed and burned.")
+    assert mask_source(title_doc, ["", "not there"]) == title_doc
+
+
+class _NoSpans:
+    """A generator with only ``generate`` (like a user's LLM)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate(self, doc, style, rng):
+        return self.inner.generate(doc, style, rng)

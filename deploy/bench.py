@@ -39,6 +39,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,7 +367,9 @@ def _vector_memory(client: Any, index: str, dims: int, docs: int) -> dict[str, A
     """Bytes of the vector field on disk (Elasticsearch's disk-usage analysis), with the raw size."""
     out: dict[str, Any] = {"raw_float32_bytes": dims * 4 * docs}
     try:
-        resp = client.indices.disk_usage(index=index, run_expensive_tasks=True)
+        with warnings.catch_warnings():  # the API is a technical preview; the client warns on every call
+            warnings.simplefilter("ignore")
+            resp = client.indices.disk_usage(index=index, run_expensive_tasks=True)
         body = resp.body if hasattr(resp, "body") else resp
         physical = next(k for k in body if not k.startswith("_"))
         fields = body[physical]["fields"]

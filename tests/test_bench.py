@@ -51,6 +51,8 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
         lat = speed["query_latency_ms"][mode]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
     assert systems["teacher_rerank"]["rerank_outcomes"].get("full") == queries
+    memory = on_disk["collections"][name]["vector_memory"]
+    assert memory["int8_hnsw"]["knn_vectors_bytes"] > 0 and memory["flat"]["knn_vectors_bytes"] > 0, memory
     dist = on_disk["distillation"][name]
     assert dist["gate"]["promoted"] and dist["teacher_scores"]["computed"] > 0
     ablation = dist["ablation"]["losses"]

@@ -678,6 +678,7 @@ def _given_distilled(path: Path) -> tuple[Path, dict[str, Any] | None]:
             raise ConfigError(f"{path} is a distillation run without an export (the gate refused it?): "
                               "nothing to benchmark as the distilled student")
         summary["run_dir"] = str(path)
+        summary.setdefault("path", f"given run {path} ({summary.get('dev_origin', 'dev set unknown')})")
         return path / "onnx", summary
     if (path / "manifest.json").is_file():
         return path, None

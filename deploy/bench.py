@@ -151,6 +151,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _doc_text(doc: dict[str, Any]) -> str:
+    """A BEIR document's title and text joined as the models see them."""
+    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+
+
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     from esdistill.export._data import load_qrels
 
@@ -352,7 +357,7 @@ def _torch_system(model_dir: Path, folder: Path, threads: int | None) -> dict[st
     docs = _read_jsonl(folder / "corpus.jsonl")
     model = SentenceTransformer(str(model_dir), device="cpu")
     t0 = time.perf_counter()
-    texts = [f"{d.get('title') or ''} {d.get('text') or ''}".strip() for d in docs]
+    texts = [_doc_text(d) for d in docs]
     dv = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=_tty())
     qids = list(coll.queries)
     qv = model.encode([coll.queries[q] for q in qids], batch_size=64, normalize_embeddings=True)
@@ -466,7 +471,7 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
 # ------------------------------------------------------------------------------------------ speed
 def _length_buckets(encoder: Any, corpus: Path, per_bucket: int, seed: int) -> dict[str, list[str]]:
     docs = _read_jsonl(corpus)
-    texts = [f"{d.get('title') or ''} {d.get('text') or ''}".strip() for d in docs]
+    texts = [_doc_text(d) for d in docs]
     texts = [t for t in texts if t]
     random.Random(seed).shuffle(texts)
     texts = texts[: per_bucket * 40]
@@ -513,7 +518,7 @@ def _speed(cfg: BenchConfig, client: Any, models: dict[str, Path], corpora: list
         overall[names.get(engine, engine)] = round(sum(sizes[b] for b in by_bucket) / seconds, 2)
     mixed: list[str] = []
     for corpus in corpora:
-        mixed += [f"{d.get('title') or ''} {d.get('text') or ''}".strip() for d in _read_jsonl(corpus)]
+        mixed += [_doc_text(d) for d in _read_jsonl(corpus)]
     mixed = [t for t in mixed if t][: cfg.ingest_docs or 400]
     ingest = _ingest_rate(enc8, mixed, None, client=client)
     return {"encoder_docs_per_s": overall, "encoder_by_length": per_bucket,

@@ -74,6 +74,9 @@ class TrainConfig:
         keep_checkpoints: how many checkpoints to keep.
         eval_steps: run the dev evaluator every N steps (0: at the end of each epoch only).
         max_steps: stop after this many optimiser steps (``None``: all epochs).
+        gradient_checkpointing: recompute the transformer's activations in the backward pass
+            instead of keeping them (about a third more compute). Without it one batch of 8 queries
+            x 16 candidates of 256 tokens holds about 9 GB of activations in RAM.
         seed: seeds Python, numpy and torch.
         show_progress: progress bar (also off when stderr is not a terminal).
     """
@@ -99,6 +102,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_steps: int = 0
     max_steps: int | None = None
+    gradient_checkpointing: bool = True
     seed: int = 0
     show_progress: bool = True
 
@@ -285,6 +289,11 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     uses_nce = isinstance(loss_fn, InfoNCELoss) or any(isinstance(p, InfoNCELoss) for _, p in getattr(loss_fn, "parts", []))
     base_ref = os.fspath(resolve_model(student))
     model = load_student(base_ref, max_seq_length=cfg.max_seq_length)
+    if cfg.gradient_checkpointing:
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing",
+                                                                            False):
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     doc_model = None
     frozen_docs: dict[str, Any] = {}
     if cfg.query_side_only:

@@ -162,15 +162,6 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return load_qrels(path) if path.is_file() else {}
 
 
-def _write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q, docs in qrels.items():
-            for d, g in docs.items():
-                f.write(f"{q}\t{d}\t{g}\n")
-
-
 def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_queries: int | None,
                       train_queries: int | None, seed: int) -> tuple[Path, dict[str, Any]]:
     """A BEIR folder limited to ``max_queries`` test queries, ``train_queries`` train queries and
@@ -178,6 +169,8 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
 
     Returns ``(folder, info)``; the folder is ``folder`` itself when nothing needs cutting.
     """
+    from esdistill.export._data import write_qrels
+
     test = _read_qrels(folder / "qrels" / "test.tsv")
     train = _read_qrels(folder / "qrels" / "train.tsv")
     corpus = _read_jsonl(folder / "corpus.jsonl")
@@ -215,9 +208,10 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
             for q in _read_jsonl(folder / "queries.jsonl"):
                 if str(q["_id"]) in wanted:
                     f.write(json.dumps(q, ensure_ascii=False) + "\n")
-        _write_qrels(tmp / "qrels" / "test.tsv", {q: test[q] for q in test_ids})
+        (tmp / "qrels").mkdir()
+        write_qrels(tmp / "qrels" / "test.tsv", {q: test[q] for q in test_ids})
         if train_ids:
-            _write_qrels(tmp / "qrels" / "train.tsv", {q: train[q] for q in train_ids})
+            write_qrels(tmp / "qrels" / "train.tsv", {q: train[q] for q in train_ids})
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     info.update(sampled=True, docs=len(keep), test_queries=len(test_ids), train_queries=len(train_ids),

@@ -118,8 +118,8 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
     env = report["environment"]
     lines = [f"# esdistill bench{' (--quick)' if env['quick'] else ''}", "",
              f"Command: `{env['command']}`; seed {env['seed']}; {report['seconds'] / 60:.1f} min.", "",
-             f"Machine: {env['cpu']}, {env['cores']} cores ({env['threads']} threads used); Python {env['python']}; "
-             f"Elasticsearch {env['elasticsearch']}.", "",
+             (f"Machine: {env['cpu']}, {env['cores']} cores ({env['threads']} threads used); Python {env['python']}; "
+              f"Elasticsearch {env['elasticsearch']}."), "",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v), ""]
     for note in report.get("notes", []):
         lines += [f"> {note}", ""]
@@ -170,8 +170,8 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
     for mode, lat in sp["query_latency_ms"].items():
         lines.append(f"| {mode} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | "
                      f"{sp['query_latency_source'][mode]} |")
-    lines += ["", f"Teacher cost per query (rerank stage, mean): {sp['teacher_ms_per_query']:.0f} ms "
-              "(a bi-encoder teacher on CPU; its document embeddings are cached across queries).", "",
+    lines += ["", (f"Teacher cost per query (rerank stage, mean): {sp['teacher_ms_per_query']:.0f} ms "
+                   "(a bi-encoder teacher on CPU; its document embeddings are cached across queries)."), "",
               "## Distillation", ""]
     for cname, d in report["distillation"].items():
         if "given" in d and not d.get("gate"):

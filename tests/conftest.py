@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from esdt_helpers import TINY_COLLECTION, build_tiny_bi_encoder, build_tiny_cross_encoder, free_port
 
 _SESSION = uuid.uuid4().hex[:8]

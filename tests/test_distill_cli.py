@@ -68,6 +68,31 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
     assert not (out / "onnx").exists()
 
 
+def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
+        es_client, index_prefix, tiny_collection, tiny_bi_encoder, tmp_path):
+    """Without --document-model, the run exports the frozen base as the document model and pairs
+    the query encoder with it: the pair serves an index, and the query encoder cannot ingest."""
+    from esdistill.plugin import FingerprintError, IndexManager, IngestHook, OnnxEncoder, QueryHook
+
+    cfg = DistillConfig(
+        corpus=tiny_collection, out=tmp_path / "run", student=str(tiny_bi_encoder), teacher="bm25",
+        synthetic=200, dev_size=30, mining=MiningConfig(list_size=8, pool_depth=20, pool_size=24),
+        train=TrainConfig(**TRAIN, query_side_only=True), index_prefix=index_prefix + "-tmp-", show_progress=False,
+    )
+    summary = run_distill(cfg, es=es_client)
+    assert summary["gate"]["promoted"], summary["gate"]["reason"]
+    run = tmp_path / "run"
+    queries, documents = OnnxEncoder(run / "onnx"), OnnxEncoder(run / "onnx-documents")
+    assert queries.manifest.document_fingerprint == documents.fingerprint != queries.fingerprint
+    assert summary["export"]["paired_with"] == str(run / "onnx-documents")
+    IndexManager(es_client, index_prefix).create(documents.manifest)
+    docs = [json.loads(line) for line in (tiny_collection / "corpus.jsonl").read_text().splitlines()]
+    IngestHook(es_client, index_prefix, documents, progress=False).ingest(docs)
+    assert QueryHook(es_client, index_prefix, queries).search("coral reefs", k=3, mode="knn").hits
+    with pytest.raises(FingerprintError, match="query encoder"):
+        IngestHook(es_client, index_prefix, queries, progress=False)
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="--qrels needs --queries"):
         DistillConfig(corpus=tmp_path, out=tmp_path, qrels="x.tsv")

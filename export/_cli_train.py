@@ -41,11 +41,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positive-boost", type=float, default=1.0,
                    help="lift known positives this far (z-score units) above the best other candidate in the "
                         "teacher's target; a negative value turns it off [1.0]")
-    p.add_argument("--query-side-only", action="store_true",
-                   help="freeze the document tower: the existing index needs no re-embedding")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--query-side-only", dest="query_side_only", action="store_true", default=True,
+                      help="train the query tower only (the default): documents keep the base student's vectors, "
+                           "so an index built with the base needs no re-embedding; the run exports the query "
+                           "encoder (onnx/) and, unless --document-model names your index's export, the base as "
+                           "its document model (onnx-documents/)")
+    side.add_argument("--full-fine-tune", dest="query_side_only", action="store_false",
+                      help="train both towers (re-embed every document afterwards); about 50x the training time "
+                           "of --query-side-only on CPU, with gradient checkpointing to bound memory")
     p.add_argument("--document-model", default=None, metavar="DIR",
-                   help="with --query-side-only: the export that embedded your index's documents; the trained "
-                        "query encoder is paired with it and queries that index without re-embedding")
+                   help="the export that embedded your index's documents; the trained query encoder is paired "
+                        "with it and queries that index without re-embedding (not with --full-fine-tune)")
     p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--eval-max-docs", type=int, default=2000, help="dev corpus size for the gate (0: all)")

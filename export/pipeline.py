@@ -135,7 +135,7 @@ class DistillConfig:
         if self.quantize not in ("int8", "none"):
             problems.append(f"quantize={self.quantize!r} (int8 or none)")
         if self.document_model is not None and not self.train.query_side_only:
-            problems.append("--document-model pairs a query-side-only student with an index: add --query-side-only")
+            problems.append("--document-model pairs a query-side-only student with an index: drop --full-fine-tune")
         if problems:
             raise ConfigError("bad distill settings: " + "; ".join(problems))
 

@@ -24,8 +24,8 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
                                                                tmp_path):
     cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
                       student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
-                      distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16, ingest_docs=24,
-                      ablation=())
+                      distill_teacher="bm25", train_overrides={**TRAIN, "query_side_only": False}, encoder_docs=16,
+                      ingest_docs=24, ablation=())
     lines: list[str] = []
     report = run_bench(cfg, client=es_client, progress=lines.append)
     name = tiny_collection.name
@@ -86,7 +86,7 @@ def test_bench_serves_a_query_side_only_student_against_the_shipped_vectors(es_c
     with the base student, in the main rows and in the ablation."""
     cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
                       student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
-                      distill_teacher="bm25", train_overrides={**TRAIN, "query_side_only": True}, encoder_docs=16,
+                      distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16,  # query side only: the default
                       ingest_docs=24, ablation=(), rerank_depths=(10,))
     name = tiny_collection.name
     try:

@@ -59,11 +59,11 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
                  "--qrels", str(tiny_collection / "qrels" / "test.tsv"), "--synthetic", "40", "--dev-size", "8",
                  "--student", str(tiny_bi_encoder), "--teacher", "bm25", "--loss", "margin-mse",
                  "--list-size", "4", "--pool-depth", "8", "--epochs", "1", "--batch-size", "4",
-                 "--max-seq-length", "64", "--query-side-only", "--no-export", "--no-progress",
+                 "--max-seq-length", "64", "--no-export", "--no-progress",
                  "--index-prefix", index_prefix + "-", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == (0 if summary["gate"]["promoted"] else 8)
-    assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]
+    assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]  # the default
     assert summary["train"]["document_model"] == str(tiny_bi_encoder)
     assert not (out / "onnx").exists()
 
@@ -91,6 +91,17 @@ def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
     assert QueryHook(es_client, index_prefix, queries).search("coral reefs", k=3, mode="knn").hits
     with pytest.raises(FingerprintError, match="query encoder"):
         IngestHook(es_client, index_prefix, queries, progress=False)
+
+
+def test_full_fine_tune_is_the_opt_in_and_excludes_query_side_only():
+    from esdistill.plugin.cli import build_parser
+
+    parser = build_parser()
+    base = ["distill", "--corpus", "c", "--out", "o"]
+    assert parser.parse_args(base).query_side_only
+    assert not parser.parse_args([*base, "--full-fine-tune"]).query_side_only
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--full-fine-tune", "--query-side-only"])
 
 
 def test_bad_settings_are_refused(tmp_path):

@@ -356,6 +356,25 @@ def _exact_search(query_vecs: np.ndarray, doc_vecs: np.ndarray, qids: list[str],
     return run
 
 
+def _doc_vectors(folder: Path, model: Any, cache: dict[str, np.ndarray] | None, key: str) -> tuple[list[str], np.ndarray]:
+    """Document ids and normalized vectors of ``folder``'s corpus by ``model`` (a sentence-transformers
+    model or a model reference), memoized in ``cache`` under ``key``."""
+    from esdistill.plugin import resolve_model
+    from sentence_transformers import SentenceTransformer
+
+    docs = _read_jsonl(folder / "corpus.jsonl")
+    ids = [d["_id"] for d in docs]
+    if cache is not None and key in cache:
+        return ids, cache[key]
+    if not isinstance(model, SentenceTransformer):
+        model = SentenceTransformer(str(resolve_model(model)), device="cpu")
+    dv = model.encode([_doc_text(d) for d in docs], batch_size=32, normalize_embeddings=True,
+                      show_progress_bar=_tty())
+    if cache is not None:
+        cache[key] = dv
+    return ids, dv
+
+
 def _torch_system(model_dir: Path, folder: Path, threads: int | None, *, document_model: str | None = None,
                   doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The distilled student in torch fp32, exact search over the whole (sampled) corpus.
@@ -364,27 +383,17 @@ def _torch_system(model_dir: Path, folder: Path, threads: int | None, *, documen
     embedded by this model instead. ``doc_vectors`` caches those document vectors across calls
     (keyed by the document model).
     """
-    from esdistill.plugin import resolve_model
     from esdistill.plugin.evaluate import compute_metrics, load_beir
     from sentence_transformers import SentenceTransformer
 
     coll = load_beir(folder, split="test")
-    docs = _read_jsonl(folder / "corpus.jsonl")
     model = SentenceTransformer(str(model_dir), device="cpu")
     t0 = time.perf_counter()
-    texts = [_doc_text(d) for d in docs]
-    key = f"{document_model or model_dir}|{folder}"
-    if doc_vectors is not None and key in doc_vectors:
-        dv = doc_vectors[key]
-    else:
-        doc_model = model if document_model is None else SentenceTransformer(str(resolve_model(document_model)),
-                                                                             device="cpu")
-        dv = doc_model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=_tty())
-        if doc_vectors is not None:
-            doc_vectors[key] = dv
+    ids, dv = _doc_vectors(folder, model if document_model is None else document_model, doc_vectors,
+                           f"{document_model or model_dir}|{folder}")
     qids = list(coll.queries)
     qv = model.encode([coll.queries[q] for q in qids], batch_size=64, normalize_embeddings=True)
-    agg, per_query = compute_metrics(_exact_search(qv, dv, qids, [d["_id"] for d in docs]), coll.qrels)
+    agg, per_query = compute_metrics(_exact_search(qv, dv, qids, ids), coll.qrels)
     out = {k: round(float(v), 4) for k, v in agg.items()}
     out.update(queries=len(qids), search="exact (numpy), no Elasticsearch", seconds=round(time.perf_counter() - t0, 1))
     if document_model is not None:
@@ -621,6 +630,10 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
     base_cfg = summary.get("train", {}).get("config", {})
     document_model = cfg.student if _query_side_only(summary) else None
     doc_vectors: dict[str, np.ndarray] = {}  # a frozen document tower embeds the corpus once for all losses
+    frozen = None
+    if document_model is not None:
+        ids, dv = _doc_vectors(folder, document_model, doc_vectors, f"{document_model}|{folder}")
+        frozen = dict(zip(ids, dv))
     rows: dict[str, Any] = {}
     for loss in ABLATION_LOSSES:
         out = run_dir / "ablation" / loss.replace("*", "x").replace("+", "_")
@@ -628,10 +641,12 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
         kw.update(loss=loss, show_progress=_tty(), seed=cfg.seed)
         t0 = time.perf_counter()
         if not (out / "student" / "config.json").is_file():
-            train_student(lists, corpus, student=cfg.student, out_dir=out, config=TrainConfig(**kw), resume=True)
+            train_student(lists, corpus, student=cfg.student, out_dir=out, config=TrainConfig(**kw), resume=True,
+                          frozen_doc_vectors=frozen)
+        seconds = time.perf_counter() - t0
         row = _torch_system(out / "student", folder, cfg.threads, document_model=document_model,
                             doc_vectors=doc_vectors)
-        row["train_seconds"] = round(time.perf_counter() - t0, 1)
+        row["train_seconds"] = round(seconds, 1)  # 0 when an earlier run's student was reused
         row.pop("_per_query", None)
         rows[loss] = row
         logger.info("ablation %s %s: nDCG@10 %.4f", name, loss, row["ndcg@10"])

@@ -52,6 +52,9 @@ __all__ = ["BenchConfig", "run_bench"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the parity sample of the bench's exports: the export gate's nDCG@10 check needs enough queries
+# that one flipped query does not decide it (at 50 queries one flip moves nDCG@10 by about 0.02)
+PARITY_DOCS, PARITY_QUERIES = 300, 100
 ABLATION_LOSSES = ("infonce", "kl", "margin-mse", "pairwise", "kl+0.1*infonce")
 #: token-length buckets of the encoder benchmark (upper bounds, inclusive)
 LENGTH_BUCKETS = (("short", 64), ("medium", 192), ("long", 10**9))
@@ -234,10 +237,24 @@ def _export(source: str, out: Path, *, quantize: str, parity: Path | None, name:
     logger.info("exporting %s to %s (%s) ...", source, out, quantize)
     kwargs: dict[str, Any] = {}
     if parity is not None:
-        kwargs.update(parity_collection=parity, parity_docs=100, parity_max_queries=50)
+        kwargs.update(parity_collection=parity, parity_docs=PARITY_DOCS, parity_max_queries=PARITY_QUERIES)
     export_model(str(resolve_model(source)), out, quantize=quantize, name=name, document_model=document_model,
                  force=force, **kwargs)
     return out
+
+
+def _parity_notes(models: dict[str, Path]) -> list[str]:
+    """One line per export that missed a parity threshold and was kept for measuring."""
+    notes = []
+    for role, folder in models.items():
+        parity_file = folder / "parity.json"
+        if not parity_file.is_file():
+            continue
+        parity = json.loads(parity_file.read_text())
+        if parity.get("forced"):
+            notes.append(f"the {role} export missed parity on the bench's sample and was kept to be measured: "
+                         + "; ".join(str(f) for f in parity.get("failures", [])))
+    return notes
 
 
 def _query_side_only(summary: dict[str, Any] | None) -> bool:
@@ -708,12 +725,15 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
     t = time.perf_counter()
     say(f"[bench] models: {cfg.student} (int8 + fp32 ONNX), teacher {cfg.teacher} (fp32 ONNX)")
     parity = cfg.collections[0]
+    # the bench measures these exports (int8 against fp32 included), so a missed parity threshold
+    # is reported rather than ending the run
     models = {"student_int8": _export(cfg.student, work / f"{Path(cfg.student).name}-int8", quantize="int8",
-                                      parity=parity),
+                                      parity=parity, force=True),
               "student_fp32": _export(cfg.student, work / f"{Path(cfg.student).name}-fp32", quantize="none",
-                                      parity=parity),
+                                      parity=parity, force=True),
               "teacher": _export(cfg.teacher, work / f"{Path(cfg.teacher).name}-fp32", quantize="none",
-                                 parity=parity)}
+                                 parity=parity, force=True)}
+    report["notes"] += _parity_notes(models)
     timings["models"] = time.perf_counter() - t
 
     folders: list[Path] = []

@@ -21,8 +21,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus.jsonl or a BEIR folder")
     p.add_argument("--out", required=True, help="run folder (model, lists, gate report, ONNX export)")
     p.add_argument("--student", default="minilm", help="base student: folder, packaged name or hub id [minilm]")
-    p.add_argument("--loss", default="kl", help="kl, margin-mse, pairwise, infonce, plackett-luce, or a sum "
-                   "such as kl+0.1*infonce [kl]")
+    p.add_argument("--loss", default="kl+0.1*infonce", help="kl, margin-mse, pairwise, infonce, plackett-luce, or "
+                   "a weighted sum [kl+0.1*infonce: listwise KL plus a small contrastive term]")
     p.add_argument("--synthetic", type=int, default=None,
                    help="synthetic queries to generate (default: 2000 without --queries, else 0)")
     p.add_argument("--generator", default="rules", help="'rules' or package.module:function(doc, style) [rules]")

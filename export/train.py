@@ -56,7 +56,9 @@ class TrainConfig:
 
     Attributes:
         loss: loss spec for :func:`~esdistill.export.losses.build_loss` (``kl``, ``margin-mse``,
-            ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...).
+            ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...). Default: listwise
+            KL plus a contrastive term of weight 0.1, the recipe of Tamber et al.; on SciFact (same
+            lists and budget, query side only) it scored 0.775 nDCG@10 against 0.743 for KL alone.
         student_temperature / teacher_temperature: passed to the loss.
         teacher_normalization: per-query normalisation of teacher scores before the loss.
         positive_boost: known positives (qrels, or a synthetic query's source document) get a
@@ -81,7 +83,7 @@ class TrainConfig:
         show_progress: progress bar (also off when stderr is not a terminal).
     """
 
-    loss: str = "kl"
+    loss: str = "kl+0.1*infonce"
     student_temperature: float = 0.05
     teacher_temperature: float = 1.0
     teacher_normalization: str = "zscore"

@@ -219,7 +219,11 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         _, held = split_dev(pick_from, dev_size=cfg.dev_size, seed=cfg.seed)
         dev_q = {q: train_q.pop(q) for q in held}
         dev_rels = {q: {d: 1 for d in positives[q]} for q in held}
-        dev_origin = "held-out queries with known relevant documents (pseudo-dev)"
+        n_given = sum(1 for q in held if q in given)
+        dev_origin = ("held-out training queries with their qrels" if n_given == len(held) else
+                      f"held-out queries with known relevant documents (pseudo-dev; {n_given} of them given queries "
+                      "with qrels, the rest synthetic with their source document)" if n_given else
+                      "held-out queries with known relevant documents (pseudo-dev)")
         if cfg.mask_dev_source:
             spans: dict[str, list[str]] = {}
             for q in held:

@@ -441,7 +441,8 @@ def _vector_memory(client: Any, index: str, dims: int, docs: int) -> dict[str, A
 
 
 def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any, models: dict[str, Path],
-                         distilled: Path | None, distill_summary: dict[str, Any] | None) -> dict[str, Any]:
+                         distilled: Path | None, distill_summary: dict[str, Any] | None,
+                         doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     from esdistill.plugin import OnnxEncoder, QueryConfig, QueryHook, load_reranker
     from esdistill.plugin.evaluate import evaluate, load_beir
     from esdistill.plugin.rerank import RerankConfig
@@ -475,7 +476,7 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
     if distilled is not None and _query_side_only(distill_summary):
         student_hook = _query_encoder_rows(run, client, folder, name, tag, cfg, models, distilled,
                                            distill_summary or {}, shipped, alias, shipped_vectors, systems,
-                                           indices, memory, notes)
+                                           indices, memory, notes, doc_vectors)
     elif distilled is not None:
         enc8 = OnnxEncoder(distilled, threads=threads)
         table: dict[str, np.ndarray] = {}
@@ -530,7 +531,7 @@ def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, nam
                         cfg: BenchConfig, models: dict[str, Path], distilled: Path, summary: dict[str, Any],
                         shipped: Any, shipped_alias: str, shipped_vectors: dict[str, np.ndarray],
                         systems: dict[str, Any], indices: dict[str, Any], memory: dict[str, Any],
-                        notes: list[str]) -> Any:
+                        notes: list[str], doc_vectors: dict[str, np.ndarray] | None) -> Any:
     """The distilled rows for a query-side-only run: its query encoder searches the shipped
     student's document vectors (no re-embedding), int8 against int8 and fp32 against fp32."""
     from esdistill.plugin import OnnxEncoder, QueryHook
@@ -568,7 +569,7 @@ def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, nam
         indices["student_distilled_onnx_fp32"] = _fill_index(client, a32, base32, corpus, {}, "flat")
         run("student_distilled_onnx_fp32", QueryHook(client, a32, enc32), mode="knn")
         systems["student_distilled_torch_fp32"] = _torch_system(trained, folder, cfg.threads,
-                                                                document_model=cfg.student)
+                                                                document_model=cfg.student, doc_vectors=doc_vectors)
     else:
         notes.append("the distilled student's torch model is not at hand (given as an export): its torch and "
                      "ONNX fp32 rows are left out")
@@ -636,7 +637,8 @@ def _speed(cfg: BenchConfig, client: Any, models: dict[str, Path], corpora: list
 
 
 # ------------------------------------------------------------------------------------- ablation
-def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
+def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig,
+              doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Train the distillation run's lists again with each loss (same lists, same budget) and score
     each student (torch fp32, exact search) on the test split."""
     from esdistill.export._data import load_corpus
@@ -648,7 +650,7 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
     corpus = load_corpus(summary.get("corpus") or folder)  # the corpus the lists were mined from
     base_cfg = summary.get("train", {}).get("config", {})
     document_model = cfg.student if _query_side_only(summary) else None
-    doc_vectors: dict[str, np.ndarray] = {}  # a frozen document tower embeds the corpus once for all losses
+    doc_vectors = {} if doc_vectors is None else doc_vectors  # a frozen document tower embeds the corpus once
     frozen = None
     if document_model is not None:
         ids, dv = _doc_vectors(folder, document_model, doc_vectors, f"{document_model}|{folder}")
@@ -740,6 +742,7 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
     timings["models"] = time.perf_counter() - t
 
     folders: list[Path] = []
+    doc_vectors: dict[str, np.ndarray] = {}  # frozen base document vectors, shared by the torch and ablation rows
     for coll in cfg.collections:
         name = coll.name
         t = time.perf_counter()
@@ -761,12 +764,13 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
         timings[f"{name}.distill"] = time.perf_counter() - t
         t = time.perf_counter()
         say(f"[bench] {name}: quality (BM25, students, hybrid, teacher rerank) ...")
-        report["collections"][name] = _evaluate_collection(folder, name, cfg, client, models, distilled, dsum)
+        report["collections"][name] = _evaluate_collection(folder, name, cfg, client, models, distilled, dsum,
+                                                           doc_vectors)
         timings[f"{name}.quality"] = time.perf_counter() - t
         if cfg.ablation is not None and (not cfg.ablation or name in cfg.ablation) and dsum is not None:
             t = time.perf_counter()
             say(f"[bench] {name}: loss ablation ({', '.join(ABLATION_LOSSES)}) ...")
-            report["distillation"][name]["ablation"] = _ablation(name, folder, dsum, cfg)
+            report["distillation"][name]["ablation"] = _ablation(name, folder, dsum, cfg, doc_vectors)
             timings[f"{name}.ablation"] = time.perf_counter() - t
 
     t = time.perf_counter()

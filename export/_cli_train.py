@@ -17,6 +17,18 @@ import json
 __all__ = ["register"]
 
 
+def _temperature(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a temperature: pass a number > 0 or 'auto'")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus.jsonl or a BEIR folder")
     p.add_argument("--out", required=True, help="run folder (model, lists, gate report, ONNX export)")
@@ -36,7 +48,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--max-seq-length", type=int, default=256, help="document tokens [256]")
     p.add_argument("--teacher-max-seq-length", type=int, default=256, help="teacher tokens per document [256]")
-    p.add_argument("--teacher-temperature", type=float, default=1.0)
+    p.add_argument("--teacher-temperature", type=_temperature, default="auto",
+                   help="temperature of the normalised teacher scores, or 'auto' (default): as sharp as the "
+                        "base student's own scores over the same lists")
     p.add_argument("--student-temperature", type=float, default=0.05)
     p.add_argument("--positive-boost", type=float, default=1.0,
                    help="lift known positives this far (z-score units) above the best other candidate in the "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import numpy as np
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
 
@@ -41,6 +42,7 @@ __all__ = [
     "PairwiseDistillLoss",
     "PlackettLuceLoss",
     "build_loss",
+    "match_teacher_temperature",
 ]
 
 _NEG = -1e4  # a large negative logit for masked entries (finite, so gradients stay finite)
@@ -299,3 +301,64 @@ def build_loss(spec: str, *, student_temperature: float = 0.05, teacher_temperat
     if len(parts) == 1 and parts[0][0] == 1.0:
         return parts[0][1]
     return CombinedLoss(parts)
+
+
+def _mean_entropy(rows: list[Any], temperature: float) -> float:
+    total = 0.0
+    for row in rows:
+        z = np.asarray(row, dtype=np.float64) / temperature
+        z = z - z.max()
+        p = np.exp(z)
+        p /= p.sum()
+        total += float(-(p * np.log(np.clip(p, 1e-300, None))).sum())
+    return total / max(len(rows), 1)
+
+
+def match_teacher_temperature(student_scores: list[Any], teacher_scores: list[Any], *,
+                              student_temperature: float = 0.05, bounds: tuple[float, float] = (1e-3, 1e3)) -> float:
+    """The teacher temperature whose softmax over each list is, on average, exactly as sharp as the
+    base student's (equal mean entropy).
+
+    A teacher target much flatter than what the student already expresses makes listwise KL pull
+    the candidates' scores together, which blurs the student's ranking against the rest of the
+    corpus; one much sharper turns KL into top-1 classification. Matching the two at the start of
+    training lets the loss move the *order* and keep the student's own scale (measured on Cranfield:
+    z-scored teacher at temperature 1 -0.039 nDCG@10 after one epoch, matched temperature -0.001 to
+    +0.001; see the README).
+
+    Args:
+        student_scores: per list, the base student's similarities of its candidates.
+        teacher_scores: per list, the (normalised) teacher targets of the same candidates.
+        student_temperature: the student's temperature in the loss.
+        bounds: the search range.
+
+    Returns:
+        The temperature (the nearest bound when no temperature in range matches).
+
+    Raises:
+        ConfigError: the lists differ in number, or none has two or more candidates.
+
+    Example:
+        >>> t = match_teacher_temperature([[0.9, 0.5, 0.4]], [[1.2, -0.2, -1.0]], student_temperature=0.05)
+        >>> round(t, 2)
+        0.18
+    """
+    if len(student_scores) != len(teacher_scores):
+        raise ConfigError(f"{len(student_scores)} student lists but {len(teacher_scores)} teacher lists")
+    pairs = [(s, t) for s, t in zip(student_scores, teacher_scores) if len(s) >= 2 and len(s) == len(t)]
+    if not pairs:
+        raise ConfigError("temperature matching needs lists of two or more candidates")
+    target = _mean_entropy([s for s, _ in pairs], student_temperature)
+    rows = [t for _, t in pairs]
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    if _mean_entropy(rows, float(np.exp(hi))) <= target:
+        return float(bounds[1])
+    if _mean_entropy(rows, float(np.exp(lo))) >= target:
+        return float(bounds[0])
+    for _ in range(60):  # entropy grows with the temperature: bisect on log T
+        mid = (lo + hi) / 2
+        if _mean_entropy(rows, float(np.exp(mid))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp((lo + hi) / 2))

@@ -334,6 +334,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     _write_json(out / "gate.json", gate.to_dict())
     summary["gate"] = gate.to_dict()
     summary["train"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                        "teacher_temperature": result.teacher_temperature,
                         "document_model": result.document_model, "config": asdict(cfg.train)}
     timings["gate"] = time.time() - t
 

@@ -322,24 +322,26 @@ def filter_grounded(lists: Sequence, *, max_rank: int = 3) -> tuple[list, list]:
 
 
 def mask_source(doc: Doc, spans: Sequence[str]) -> Doc:
-    """``doc`` without the passages its held-out queries were copied from (the inverse cloze task):
-    a span equal to the title empties the title, any other span is cut from the title or text.
+    """``doc`` without the passages its held-out queries were copied from (the inverse cloze task).
+
+    Every copy of a span is cut, from the title and from the body: many corpora repeat the title
+    at the head of the body (Cranfield does), and a copy left in either place lets a lexical
+    matcher find the source by the copied words. Matching ignores case and runs of whitespace.
 
     Example:
         >>> mask_source(Doc("d", "Jet engines", "Air is compressed. Fuel burns."), ["Fuel burns."]).text
         'Air is compressed.'
+        >>> mask_source(Doc("d", "Jet engines .", "jet engines . Air is compressed."), ["Jet engines ."])
+        Doc(doc_id='d', title='', text='Air is compressed.')
     """
     title, text = doc.title, doc.text
     for span in spans:
-        span = span.strip()
-        if not span:
+        words = span.split()
+        if not words:
             continue
-        if span == title.strip():
-            title = ""
-        elif span in text:
-            text = " ".join(text.replace(span, " ", 1).split())
-        elif span in title:
-            title = " ".join(title.replace(span, " ", 1).split())
+        pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
+        title = " ".join(pattern.sub(" ", title).split())
+        text = " ".join(pattern.sub(" ", text).split())
     return Doc(doc.doc_id, title, text)
 
 

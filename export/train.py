@@ -44,10 +44,12 @@ from esdistill.export.teachers import normalize_scores
 from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.models import resolve_model
 
-__all__ = ["StudentEncoder", "TrainConfig", "TrainResult", "load_student", "train_student"]
+__all__ = ["AUTO_TEMPERATURE_RANGE", "StudentEncoder", "TrainConfig", "TrainResult", "load_student", "train_student"]
 
 logger = logging.getLogger(__name__)
 _NORMS = ("zscore", "minmax", "rank", "none")
+#: the range ``teacher_temperature="auto"`` searches (for z-scored or otherwise normalised teacher scores)
+AUTO_TEMPERATURE_RANGE = (0.05, 1.0)
 
 
 @dataclass
@@ -59,7 +61,11 @@ class TrainConfig:
             ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...). Default: listwise
             KL plus a contrastive term of weight 0.1, the recipe of Tamber et al.; on SciFact (same
             lists and budget, query side only) it scored 0.775 nDCG@10 against 0.743 for KL alone.
-        student_temperature / teacher_temperature: passed to the loss.
+        student_temperature / teacher_temperature: passed to the loss. ``teacher_temperature="auto"``
+            (the default) picks, before training, the temperature at which the teacher's targets are
+            as sharp as the base student's own softmax over the same lists (equal mean entropy; see
+            :func:`~esdistill.export.losses.match_teacher_temperature`), within
+            :data:`AUTO_TEMPERATURE_RANGE`.
         teacher_normalization: per-query normalisation of teacher scores before the loss.
         positive_boost: known positives (qrels, or a synthetic query's source document) get a
             normalised teacher score at least this far above the best other candidate, so the
@@ -85,7 +91,7 @@ class TrainConfig:
 
     loss: str = "kl+0.1*infonce"
     student_temperature: float = 0.05
-    teacher_temperature: float = 1.0
+    teacher_temperature: float | str = "auto"
     teacher_normalization: str = "zscore"
     positive_boost: float | None = 1.0
     epochs: int = 1
@@ -117,6 +123,11 @@ class TrainConfig:
             problems.append(f"lr={self.lr} (need > 0)")
         if self.list_size is not None and self.list_size < 2:
             problems.append(f"list_size={self.list_size} (need >= 2)")
+        if self.teacher_temperature != "auto" and not (
+                isinstance(self.teacher_temperature, (int, float)) and self.teacher_temperature > 0):
+            problems.append(f"teacher_temperature={self.teacher_temperature!r} (a number > 0, or 'auto')")
+        if self.student_temperature <= 0:
+            problems.append(f"student_temperature={self.student_temperature} (need > 0)")
         if self.teacher_normalization not in _NORMS:
             problems.append(f"teacher_normalization={self.teacher_normalization!r} (one of {_NORMS})")
         if not 0 <= self.warmup_ratio < 1:
@@ -137,6 +148,7 @@ class TrainResult:
         steps: optimiser steps taken (over all runs, when resumed).
         history: ``{"step", "loss", "dev"}`` rows.
         seconds: wall time of this run.
+        teacher_temperature: the teacher temperature used (the matched one with ``"auto"``).
     """
 
     model_dir: Path
@@ -144,6 +156,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    teacher_temperature: float | None = None
 
 
 class StudentEncoder:
@@ -240,6 +253,36 @@ def _embed(model: Any, texts: Sequence[str], max_len: int) -> Any:
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
+def _targets(c: CandidateList, width: int, cfg: TrainConfig) -> np.ndarray:
+    """The teacher targets of a list's first ``width`` candidates: normalised, positives boosted."""
+    t = normalize_scores(np.asarray(c.teacher_scores[:width]), cfg.teacher_normalization)
+    return boost_positives(t, [x in c.positives for x in c.doc_ids[:width]], cfg.positive_boost)
+
+
+def _matched_temperature(model: Any, lists: Sequence[CandidateList], corpus: Mapping[str, Doc], cfg: TrainConfig,
+                         frozen_docs: Mapping[str, Any], sample: int = 256) -> float:
+    """``teacher_temperature="auto"``: match the teacher's targets to the base student's sharpness
+    on (a sample of) the training lists."""
+    from esdistill.export.losses import match_teacher_temperature
+
+    rows = list(lists) if len(lists) <= sample else random.Random(cfg.seed).sample(list(lists), sample)
+    width = cfg.list_size or max(len(c.doc_ids) for c in rows)
+    enc = StudentEncoder(model)
+    queries = enc.encode_queries([c.query for c in rows])
+    todo = sorted({d for c in rows for d in c.doc_ids[:width]} - set(frozen_docs))
+    vecs = {d: np.asarray(frozen_docs[d], dtype=np.float32) for c in rows for d in c.doc_ids[:width]
+            if d in frozen_docs}
+    vecs.update(zip(todo, enc.encode_documents([corpus[d].full for d in todo])))
+    student = [np.array([float(q @ vecs[d]) for d in c.doc_ids[:width]]) for q, c in zip(queries, rows)]
+    # never flatter than the normalised teacher as is (1.0): an untrained student has no
+    # preference to match, and a flat target would teach it nothing
+    temperature = match_teacher_temperature(student, [_targets(c, width, cfg) for c in rows],
+                                            student_temperature=cfg.student_temperature, bounds=AUTO_TEMPERATURE_RANGE)
+    logger.info("teacher temperature (auto): %.3f, as sharp as the base student at %.3f on %d lists",
+                temperature, cfg.student_temperature, len(rows))
+    return temperature
+
+
 def _checkpoints(out_dir: Path) -> list[Path]:
     root = out_dir / "checkpoints"
     if not root.is_dir():
@@ -286,9 +329,6 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         raise ConfigError(f"{len(missing)} listed documents are not in the corpus (e.g. {sorted(missing)[:3]}); "
                           "mine and train on the same corpus")
     _seed_all(cfg.seed)
-    loss_fn = build_loss(cfg.loss, student_temperature=cfg.student_temperature,
-                         teacher_temperature=cfg.teacher_temperature)
-    uses_nce = isinstance(loss_fn, InfoNCELoss) or any(isinstance(p, InfoNCELoss) for _, p in getattr(loss_fn, "parts", []))
     base_ref = os.fspath(resolve_model(student))
     model = load_student(base_ref, max_seq_length=cfg.max_seq_length)
     if cfg.gradient_checkpointing:
@@ -308,6 +348,12 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         vecs = enc.encode_documents([corpus[d].full for d in ids])
         frozen_docs = {d: torch.from_numpy(np.asarray(v, dtype=np.float32)) for d, v in known.items()}
         frozen_docs.update({d: torch.from_numpy(v) for d, v in zip(ids, vecs)})
+    teacher_temperature = cfg.teacher_temperature
+    if teacher_temperature == "auto":
+        teacher_temperature = _matched_temperature(model, lists, corpus, cfg, frozen_docs)
+    loss_fn = build_loss(cfg.loss, student_temperature=cfg.student_temperature,
+                         teacher_temperature=float(teacher_temperature))
+    uses_nce = isinstance(loss_fn, InfoNCELoss) or any(isinstance(p, InfoNCELoss) for _, p in getattr(loss_fn, "parts", []))
     n_batches = math.ceil(len(lists) / cfg.batch_size)
     steps_per_epoch = max(n_batches // cfg.grad_accum, 1)
     total_steps = steps_per_epoch * cfg.epochs
@@ -375,8 +421,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
             positives = torch.zeros(len(rows), dtype=torch.long)
             for r, c in enumerate(rows):
                 ids = c.doc_ids[:width]
-                t = normalize_scores(np.asarray(c.teacher_scores[:width]), cfg.teacher_normalization)
-                t = boost_positives(t, [x in c.positives for x in ids], cfg.positive_boost)
+                t = _targets(c, width, cfg)
                 index[r, :len(ids)] = torch.tensor([pos_of[x] for x in ids])
                 mask[r, :len(ids)] = True
                 teacher[r, :len(ids)] = torch.from_numpy(t)
@@ -438,8 +483,9 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     model.save(str(model_dir))
     seconds = time.time() - started
     doc_ref = base_ref if cfg.query_side_only else str(model_dir)
-    info = {"config": asdict(cfg), "base_student": base_ref, "document_model": doc_ref, "steps": step,
+    info = {"config": asdict(cfg), "teacher_temperature": float(teacher_temperature), "base_student": base_ref, "document_model": doc_ref, "steps": step,
             "lists": len(lists), "seconds": round(seconds, 1), "history": history}
     (out / "train_history.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("trained %d steps in %.0f s -> %s", step, seconds, model_dir)
-    return TrainResult(model_dir=model_dir, document_model=doc_ref, steps=step, history=history, seconds=seconds)
+    return TrainResult(model_dir=model_dir, document_model=doc_ref, steps=step, history=history, seconds=seconds,
+                       teacher_temperature=float(teacher_temperature))

@@ -138,3 +138,26 @@ def test_infonce_exclude_drops_false_negatives_from_the_denominator():
     s, t = torch.tensor([S]), torch.tensor([T])
     got = loss.compute_loss(s, t, exclude=torch.tensor([[True, True, False]]), positives=torch.tensor([0]))
     assert got.item() == pytest.approx(-math.log(_softmax([S[0], S[2]])[0]), rel=1e-5)
+
+
+def _entropy(xs, temperature):
+    p = _softmax([x / temperature for x in xs])
+    return -sum(v * math.log(v) for v in p)
+
+
+def test_matched_teacher_temperature_gives_the_students_sharpness():
+    from esdistill.export.losses import match_teacher_temperature
+
+    student = [[0.9, 0.5, 0.4, 0.3], [0.7, 0.65, 0.2, 0.1]]
+    teacher = [[1.2, -0.2, -1.0, 0.0], [0.5, 1.5, -1.0, -1.0]]
+    t = match_teacher_temperature(student, teacher, student_temperature=0.05)
+    mean = lambda rows, temp: sum(_entropy(r, temp) for r in rows) / len(rows)  # noqa: E731
+    assert mean(teacher, t) == pytest.approx(mean(student, 0.05), abs=1e-6)
+    # a sharper student (lower temperature) asks for a sharper teacher (lower temperature)
+    assert match_teacher_temperature(student, teacher, student_temperature=0.02) < t
+    # a student with no preference at all cannot be matched inside the range: the flattest bound
+    assert match_teacher_temperature([[0.5, 0.5, 0.5]], [[1.0, 0.0, -1.0]], bounds=(0.01, 100.0)) == 100.0
+    with pytest.raises(ConfigError, match="two or more"):
+        match_teacher_temperature([[0.5]], [[1.0]])
+    with pytest.raises(ConfigError, match="student lists"):
+        match_teacher_temperature([[0.5, 0.1]], [])

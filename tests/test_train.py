@@ -113,7 +113,7 @@ def test_checkpoints_resume_where_they_stopped(lists, corpus, tiny_bi_encoder, t
 def test_query_side_only_keeps_the_document_tower(lists, corpus, pseudo_dev, tiny_bi_encoder, tmp_path):
     queries, qrels = pseudo_dev
     result = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
-                           config=TrainConfig(query_side_only=True, **FAST))
+                           config=TrainConfig(query_side_only=True, **{**FAST, "teacher_temperature": "auto"}))
     assert result.document_model == str(tiny_bi_encoder)
     base, trained = _enc(tiny_bi_encoder), _enc(result.model_dir, doc_model=tiny_bi_encoder)
     text = [corpus["d01"].full]
@@ -122,6 +122,11 @@ def test_query_side_only_keeps_the_document_tower(lists, corpus, pseudo_dev, tin
     ev = RetrievalEvaluator(corpus, queries, qrels)
     gate = promotion_gate(ev, base=base, trained=trained, shared_documents=True)
     assert gate.trained > gate.base, gate.reason
+    # the default teacher temperature was matched to the base student's lists, and recorded
+    history = json.loads((tmp_path / "train_history.json").read_text())
+    assert result.teacher_temperature is not None and 0.05 <= result.teacher_temperature <= 1.0
+    assert history["teacher_temperature"] == result.teacher_temperature
+    assert history["config"]["teacher_temperature"] == "auto"
 
 
 def test_teacher_selection_and_evaluate_run(es_client, index_prefix, corpus, dev, tiny_bi_encoder):
@@ -137,6 +142,9 @@ def test_teacher_selection_and_evaluate_run(es_client, index_prefix, corpus, dev
         evaluate_run({"a": {"x": 1}}, {}, "NotAMetric@3")
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr=0)
+    for bad in (0, -1.0, "hot"):
+        with pytest.raises(ConfigError, match="teacher_temperature"):
+            TrainConfig(teacher_temperature=bad)
 
 
 def test_positive_boost_lifts_only_known_positives_above_the_best_other_candidate():

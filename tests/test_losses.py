@@ -151,7 +151,7 @@ def test_matched_teacher_temperature_gives_the_students_sharpness():
     student = [[0.9, 0.5, 0.4, 0.3], [0.7, 0.65, 0.2, 0.1]]
     teacher = [[1.2, -0.2, -1.0, 0.0], [0.5, 1.5, -1.0, -1.0]]
     t = match_teacher_temperature(student, teacher, student_temperature=0.05)
-    mean = lambda rows, temp: sum(_entropy(r, temp) for r in rows) / len(rows)  # noqa: E731
+    mean = lambda rows, temp: sum(_entropy(r, temp) for r in rows) / len(rows)
     assert mean(teacher, t) == pytest.approx(mean(student, 0.05), abs=1e-6)
     # a sharper student (lower temperature) asks for a sharper teacher (lower temperature)
     assert match_teacher_temperature(student, teacher, student_temperature=0.02) < t

@@ -40,6 +40,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default="rules", help="'rules' or package.module:function(doc, style) [rules]")
     p.add_argument("--styles", default="keyword,claim,question,title", help="synthetic query styles")
     p.add_argument("--dev-size", type=int, default=200, help="held-out queries for the gate when no dev set")
+    p.add_argument("--gate-confidence", type=float, default=0.9,
+                   help="promote only when the paired-bootstrap probability that the student beats its base "
+                        "on the dev queries is at least this (0: promote any student that is not worse) [0.9]")
     p.add_argument("--list-size", type=int, default=16, help="candidates per query [16]")
     p.add_argument("--pool-depth", type=int, default=30, help="BM25 and dense depth of the pool [30]")
     p.add_argument("--epochs", type=int, default=1)
@@ -101,6 +104,7 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
         dev_size=args.dev_size, mining=mining, teacher_max_seq_length=args.teacher_max_seq_length, train=train, eval_max_docs=args.eval_max_docs or None,
         export=not args.no_export, quantize=args.quantize, index_prefix=args.index_prefix,
         show_progress=not args.no_progress, seed=args.seed, document_model=args.document_model,
+        gate_confidence=args.gate_confidence,
     )
     summary = run_distill(cfg)
     if args.json:

@@ -31,6 +31,7 @@ __all__ = [
     "RetrievalEvaluator",
     "dev_corpus",
     "evaluate_run",
+    "paired_bootstrap",
     "promotion_gate",
     "select_teacher",
 ]
@@ -146,9 +147,15 @@ class GateResult:
         base / trained: the base and trained students' scores.
         delta: ``trained - base``.
         min_delta: the improvement required.
-        promoted: ``trained >= base + min_delta``.
+        promoted: the trained student is not worse (``trained >= base + min_delta``) and, with a
+            ``confidence``, its gain is unlikely to be noise (``p_better >= confidence``).
         n_queries / n_docs: size of the dev set.
         reason: one line for logs and reports.
+        confidence: the required probability that the trained student is better (0: none).
+        p_better: share of paired bootstrap resamples of the dev queries in which the trained
+            student's mean beats the base's (ties count half).
+        ci_low / ci_high: the 90% paired-bootstrap interval of ``delta``.
+        wins / losses: dev queries on which the trained student scores higher / lower.
     """
 
     metric: str
@@ -160,13 +167,37 @@ class GateResult:
     n_queries: int
     n_docs: int
     reason: str
+    confidence: float = 0.0
+    p_better: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    wins: int = 0
+    losses: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def paired_bootstrap(deltas: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(p_better, ci_low, ci_high)`` of the mean of per-query ``deltas``: the share of resamples
+    (queries drawn with replacement) whose mean is above 0 (ties count half), and the 90% interval.
+
+    Example:
+        >>> paired_bootstrap([0.1] * 20)[0]
+        1.0
+    """
+    d = np.asarray(deltas, dtype=np.float64)
+    if d.size == 0:
+        return 0.5, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    p_better = float((means > 1e-12).mean() + 0.5 * (np.abs(means) <= 1e-12).mean())
+    low, high = np.quantile(means, [0.05, 0.95])
+    return p_better, float(low), float(high)
+
+
 def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, min_delta: float = 0.0,
-                   shared_documents: bool = False) -> GateResult:
+                   shared_documents: bool = False, confidence: float = 0.0, seed: int = 0) -> GateResult:
     """Compare base and trained students on the dev set; promote only a student that is not worse.
 
     Args:
@@ -176,21 +207,37 @@ def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, mi
         min_delta: the improvement required for promotion (0: not worse than the base).
         shared_documents: both embed documents the same way (query-side-only adaptation), so the
             base's document vectors are reused.
+        confidence: also require this paired-bootstrap probability that the trained student is
+            better (e.g. 0.9), so that a gain within the noise of the dev set is refused (0: off).
+        seed: bootstrap seed.
 
     Returns:
         A :class:`GateResult`.
+
+    Raises:
+        ConfigError: ``confidence`` outside [0, 1).
     """
+    if not 0.0 <= confidence < 1.0:
+        raise ConfigError(f"gate confidence={confidence} (need 0 <= c < 1; 0 turns the significance check off)")
     base_docs = evaluator.doc_vectors(base)
-    base_score = evaluator.evaluate(base, base_docs)
-    trained_score = evaluator.evaluate(trained, base_docs if shared_documents else None)
+    base_score, base_per = evaluate_run(evaluator.qrels, evaluator.run(base, base_docs), evaluator.metric)
+    trained_score, trained_per = evaluate_run(
+        evaluator.qrels, evaluator.run(trained, base_docs if shared_documents else None), evaluator.metric)
+    deltas = [trained_per[q] - base_per[q] for q in base_per]
+    p_better, ci_low, ci_high = paired_bootstrap(deltas, seed=seed)
+    wins, losses = sum(d > 1e-12 for d in deltas), sum(d < -1e-12 for d in deltas)
     delta = trained_score - base_score
-    promoted = bool(trained_score >= base_score + min_delta and np.isfinite(trained_score))
-    verdict = "promoted" if promoted else "REFUSED (the trained student is worse than its base)"
+    not_worse = bool(trained_score >= base_score + min_delta and np.isfinite(trained_score))
+    promoted = not_worse and (confidence == 0.0 or p_better >= confidence)
+    verdict = ("promoted" if promoted else "REFUSED (the trained student is worse than its base)" if not not_worse
+               else f"REFUSED (the gain is within the noise of the dev set: P(better) {p_better:.2f} < {confidence})")
     reason = (f"{evaluator.metric} on {len(evaluator.qids)} dev queries / {len(evaluator.doc_ids)} docs: "
-              f"base {base_score:.4f}, trained {trained_score:.4f} ({delta:+.4f}): {verdict}")
+              f"base {base_score:.4f}, trained {trained_score:.4f} ({delta:+.4f}, 90% CI {ci_low:+.4f}..{ci_high:+.4f}, "
+              f"{wins} wins / {losses} losses, P(better) {p_better:.2f}): {verdict}")
     logger.info("gate: %s", reason)
     return GateResult(evaluator.metric, float(base_score), float(trained_score), float(delta), min_delta, promoted,
-                      len(evaluator.qids), len(evaluator.doc_ids), reason)
+                      len(evaluator.qids), len(evaluator.doc_ids), reason, confidence, p_better, ci_low, ci_high,
+                      wins, losses)
 
 
 def select_teacher(candidates: Mapping[str, Any], lists: Sequence[Any], corpus: Mapping[str, Doc], *,

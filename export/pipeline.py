@@ -89,6 +89,9 @@ class DistillConfig:
             passage (claim, title) and cut that passage from the source document in the dev copy of
             the corpus (the inverse cloze task), so that the teacher choice and the gate do not
             reward finding copied words.
+        gate_confidence: the gate also requires this paired-bootstrap probability that the trained
+            student beats its base on the dev queries (0: only "not worse"). A gain within the noise
+            of a small or synthetic dev set is refused.
         document_model: with query-side-only training, the export that embedded your index's
             documents (the base student's export): the trained query encoder is paired with it
             and can query that index without re-embedding it.
@@ -119,6 +122,7 @@ class DistillConfig:
     seed: int = 0
     document_model: str | os.PathLike[str] | None = None
     mask_dev_source: bool = True
+    gate_confidence: float = 0.9
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,6 +136,8 @@ class DistillConfig:
             problems.append("no training queries: pass --queries or allow synthetic queries")
         if self.dev_size < 1:
             problems.append(f"dev_size={self.dev_size} (need >= 1)")
+        if not 0.0 <= self.gate_confidence < 1.0:
+            problems.append(f"gate_confidence={self.gate_confidence} (need 0 <= c < 1; 0 turns it off)")
         if self.quantize not in ("int8", "none"):
             problems.append(f"quantize={self.quantize!r} (int8 or none)")
         if self.document_model is not None and not self.train.query_side_only:
@@ -330,7 +336,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     else:
         trained = StudentEncoder(trained_q)
     gate = promotion_gate(evaluator, base=_CachedEncoder(base), trained=trained,
-                          shared_documents=cfg.train.query_side_only)
+                          shared_documents=cfg.train.query_side_only, confidence=cfg.gate_confidence, seed=cfg.seed)
     _write_json(out / "gate.json", gate.to_dict())
     summary["gate"] = gate.to_dict()
     summary["train"] = {"steps": result.steps, "seconds": round(result.seconds, 1),

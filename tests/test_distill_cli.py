@@ -41,7 +41,8 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     # both temporary BM25 indices (training corpus, and the dev copy with copied passages cut) are gone
     assert not es_client.indices.get(index=f"{index_prefix}-*", allow_no_indices=True)
     gate = json.loads((run / "gate.json").read_text())
-    assert gate["promoted"] == (gate["trained"] >= gate["base"])
+    assert gate["confidence"] == 0.9  # the default: a gain must also be unlikely to be noise
+    assert gate["promoted"] == (gate["trained"] >= gate["base"] and gate["p_better"] >= gate["confidence"])
     assert gate["promoted"], gate["reason"]  # the tiny random student learns from BM25-grade teachers
     manifest = Manifest.load(run / "onnx")
     assert manifest.quantization.startswith("int8") and summary["export"]["passed"]
@@ -109,3 +110,5 @@ def test_bad_settings_are_refused(tmp_path):
         DistillConfig(corpus=tmp_path, out=tmp_path, qrels="x.tsv")
     with pytest.raises(ConfigError, match="no training queries"):
         DistillConfig(corpus=tmp_path, out=tmp_path, synthetic=0)
+    with pytest.raises(ConfigError, match="gate_confidence"):
+        DistillConfig(corpus=tmp_path, out=tmp_path, gate_confidence=1.0)

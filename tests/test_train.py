@@ -67,9 +67,9 @@ def test_distillation_beats_the_base_and_the_gate_promotes_it(lists, corpus, pse
     usable = sum(len(c.doc_ids) >= 2 for c in lists)
     assert result.steps == 6 * -(-usable // 4)
     assert [h["dev"] for h in result.history if "dev" in h]  # the dev metric was tracked
-    gate = promotion_gate(ev, base=_enc(tiny_bi_encoder), trained=_enc(result.model_dir))
+    gate = promotion_gate(ev, base=_enc(tiny_bi_encoder), trained=_enc(result.model_dir), confidence=0.9)
     assert gate.trained > gate.base + 0.05, gate.reason
-    assert gate.promoted
+    assert gate.promoted and gate.p_better >= 0.9 and gate.ci_low > 0 and gate.wins > gate.losses, gate.reason
     info = json.loads((tmp_path / "run" / "train_history.json").read_text())
     assert info["steps"] == result.steps and info["config"]["loss"] == "kl+0.1*infonce"
 
@@ -95,6 +95,48 @@ def test_gate_refuses_a_deliberately_bad_run(lists, corpus, pseudo_dev, tiny_bi_
     gate = promotion_gate(ev, base=_enc(good.model_dir), trained=_enc(bad.model_dir))
     assert not gate.promoted and gate.delta < 0, gate.reason
     assert "REFUSED" in gate.reason
+
+
+class _Fixed:
+    """An encoder whose query vectors are given: per-query outcomes chosen by the test."""
+
+    def __init__(self, doc_vecs, query_vecs):
+        self.doc_vecs, self.query_vecs = doc_vecs, query_vecs
+
+    def encode_documents(self, texts):
+        return self.doc_vecs
+
+    def encode_queries(self, texts):
+        return self.query_vecs
+
+
+def test_gate_confidence_refuses_a_gain_within_the_noise_and_keeps_a_clear_one():
+    from esdistill.export._data import Doc
+
+    n = 40
+    corpus = {f"d{i}": Doc(f"d{i}", "", f"doc {i}") for i in range(n)}
+    queries = {f"q{i}": f"query {i}" for i in range(n)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n)}
+    ev = RetrievalEvaluator(corpus, queries, qrels)
+    eye = np.eye(n, dtype=np.float32)
+    half = eye.copy()  # base: finds its document for the first half of the queries only
+    half[n // 2:] = np.roll(eye, 1, axis=1)[n // 2:]
+    base = _Fixed(eye, half)
+    # one more query found, one lost elsewhere, one more found: +1 query net, noise on 40 queries
+    noisy = half.copy()
+    noisy[n // 2] = eye[n // 2]
+    noisy[n // 2 + 1] = eye[n // 2 + 1]
+    noisy[0] = np.roll(eye, 1, axis=1)[0]
+    gate = promotion_gate(ev, base=base, trained=_Fixed(eye, noisy), shared_documents=True, confidence=0.9)
+    assert gate.delta > 0 and gate.wins == 2 and gate.losses == 1
+    assert not gate.promoted and "noise" in gate.reason and gate.p_better < 0.9
+    # without the significance check the same student passes ("not worse" only)
+    assert promotion_gate(ev, base=base, trained=_Fixed(eye, noisy), shared_documents=True).promoted
+    # every query found: a clear gain is promoted
+    clear = promotion_gate(ev, base=base, trained=_Fixed(eye, eye), shared_documents=True, confidence=0.9)
+    assert clear.promoted and clear.wins == n // 2 and clear.losses == 0 and clear.p_better == 1.0
+    with pytest.raises(ConfigError, match="confidence"):
+        promotion_gate(ev, base=base, trained=base, confidence=1.5)
 
 
 def test_checkpoints_resume_where_they_stopped(lists, corpus, tiny_bi_encoder, tmp_path):

@@ -102,6 +102,12 @@ def _content(word: str) -> bool:
     return len(w) > 2 and w not in _STOP and not w.isdigit()
 
 
+def _phrase_word(word: str) -> bool:
+    """A word that can sit in a topical phrase: a content word that is not an adverb (a cheap
+    stand-in for part-of-speech tagging: "unfortunately obvious" is not a topic)."""
+    return _content(word) and not (word.lower().endswith("ly") and len(word) > 5)
+
+
 class RuleBasedGenerator:
     """Model-free query generator over corpus statistics (idf), in the four built-in styles.
 
@@ -139,7 +145,7 @@ class RuleBasedGenerator:
         """Key phrases: runs of 1-3 content words, scored by summed idf."""
         runs: list[list[str]] = [[]]
         for w in _words(text):
-            if _content(w):
+            if _phrase_word(w):
                 runs[-1].append(w)
             elif runs[-1]:
                 runs.append([])
@@ -193,16 +199,27 @@ class RuleBasedGenerator:
             sentence = rng.choices(sents, weights=weights, k=1)[0]
             words = re.sub(r"\([^)]*\)|\[[^\]]*\]", "", sentence).split()
             if len(words) > 22:
-                start = rng.randint(0, len(words) - 22)
-                words = words[start:start + 22]
+                # keep the sentence's head (its subject and claim), cut at the last clause break
+                head = words[:22]
+                breaks = [i for i, w in enumerate(head) if i >= 8 and w.endswith((",", ";", ":"))]
+                words = head[:breaks[-1] + 1] if breaks else head
+                while len(words) > 3 and words[-1].lower().strip(",;:") in _STOP:
+                    words = words[:-1]  # not "... as a power of the"
             return " ".join(words).rstrip(".;,:"), sentence
         if style == "question":
-            phrases = self._phrases(doc.full, 4)
+            # ask about the document's topic: its title and first sentence, when it has a title
+            topic = f"{doc.title} {(self._sentences(doc) or [''])[0]}" if doc.title.strip() else doc.full
+            phrases = self._phrases(topic, 4)
+            if len(phrases) < 2:
+                phrases = self._phrases(doc.full, 4)
             if not phrases:
                 return None, ""
             templates = [t for t, need in _QUESTION_TEMPLATES if need <= len(phrases)]
             template = rng.choice(templates)
             a, b = rng.sample(phrases[:3], 2) if len(phrases) >= 2 else (phrases[0], "")
+            if set(a.split()) & set(b.split()):  # "x y in x y z" is no question
+                templates = [t for t, need in _QUESTION_TEMPLATES if need == 1]
+                template = rng.choice(templates)
             return template.format(a=a, b=b), ""
         if style == "title":
             if doc.title and doc.title.strip() != doc.text.strip()[: len(doc.title.strip())]:

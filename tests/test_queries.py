@@ -115,3 +115,25 @@ class _NoSpans:
 
     def generate(self, doc, style, rng):
         return self.inner.generate(doc, style, rng)
+
+
+def test_queries_read_as_queries_no_dangling_words_adverbs_or_repeated_phrases(corpus):
+    from esdistill.export.queries import _STOP
+
+    long_sentence = ("the measured heat transfer to the cooled plate agrees with the theory of laminar "
+                     "boundary layers only when the wall temperature ratio stays below a critical value of the")
+    docs = dict(corpus)
+    docs["long"] = Doc("long", "Heat transfer to cooled plates", long_sentence + ". Unfortunately nothing else.")
+    gen = RuleBasedGenerator.fit(docs)
+    for seed in range(20):
+        claim = gen.generate(docs["long"], "claim", random.Random(seed))
+        if claim and claim.startswith("the measured"):
+            # the head of an over-long sentence, never a window cut mid-phrase, never ending on "the"
+            assert len(claim.split()) <= 22 and claim.split()[-1].lower() not in _STOP, claim
+    for doc in docs.values():
+        for seed in range(5):
+            q = gen.generate(doc, "question", random.Random(seed))
+            assert q is None or "unfortunately" not in q.lower(), q
+            m = re.match(r"what is the relationship between (.+) and (.+)$", q or "")
+            if m:
+                assert not set(m.group(1).split()) & set(m.group(2).split()), q

@@ -117,6 +117,8 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
           f"{summary['ungrounded_dropped']} ungrounded dropped), {summary['dev_queries']} dev ({summary['dev_origin']})")
     print(f"trained {summary['train']['steps']} steps in {summary['train']['seconds']} s -> {args.out}/student")
     print(f"gate: {gate['reason']}")
+    if summary.get("caveat"):
+        print(f"caveat: {summary['caveat']}")
     if "export" in summary:
         print(f"export: {summary['export']}")
     return 0 if gate["promoted"] else 8

@@ -338,6 +338,13 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     gate = promotion_gate(evaluator, base=_CachedEncoder(base), trained=trained,
                           shared_documents=cfg.train.query_side_only, confidence=cfg.gate_confidence, seed=cfg.seed)
     _write_json(out / "gate.json", gate.to_dict())
+    if gate.promoted and "pseudo-dev" in dev_origin:
+        summary["caveat"] = (
+            "promoted on synthetic pseudo-dev queries only: on Cranfield and on SciFact such a gate passed students "
+            "that were worse on real queries (see the README). Before serving, check the student on a few real "
+            "queries with judgements (esdistill eval, or --dev-queries/--dev-qrels), or train on unlabelled real "
+            "queries (distill --queries) instead of synthetic ones")
+        logger.warning("%s", summary["caveat"])
     summary["gate"] = gate.to_dict()
     summary["train"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
                         "teacher_temperature": result.teacher_temperature,

@@ -44,6 +44,7 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert gate["confidence"] == 0.9  # the default: a gain must also be unlikely to be noise
     assert gate["promoted"] == (gate["trained"] >= gate["base"] and gate["p_better"] >= gate["confidence"])
     assert gate["promoted"], gate["reason"]  # the tiny random student learns from BM25-grade teachers
+    assert "real queries" in summary["caveat"]  # promoted on pseudo-dev only: the user is told to check
     manifest = Manifest.load(run / "onnx")
     assert manifest.quantization.startswith("int8") and summary["export"]["passed"]
     assert (run / "lists.train.jsonl").is_file() and (run / "queries.synthetic.jsonl").is_file()
@@ -64,6 +65,7 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
                  "--index-prefix", index_prefix + "-", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == (0 if summary["gate"]["promoted"] else 8)
+    assert ("caveat" in summary) == (summary["gate"]["promoted"] and "pseudo-dev" in summary["dev_origin"])
     assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]  # the default
     assert summary["train"]["document_model"] == str(tiny_bi_encoder)
     assert not (out / "onnx").exists()

@@ -73,7 +73,8 @@ class DistillConfig:
         student: the base student.
         teacher: teacher spec (see :func:`~esdistill.export.teachers.build_teacher`) or ``auto``
             (the best of ``auto_teachers`` on the dev set).
-        synthetic: synthetic queries to generate (0: none; default: 0 with queries, else 2000).
+        synthetic: synthetic queries to generate (0: none; default: 0 with queries, else 2000;
+            with queries that have no qrels and no dev set: ``2 * dev_size``, for the gate only).
         generator: ``rules`` or ``module:function``.
         styles: synthetic query styles.
         dev_size: held-out queries for the gate/teacher selection when no dev set is given.
@@ -197,6 +198,11 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     positives: dict[str, list[str]] = {q: [d for d, g in r.items() if g > 0 and d in corpus]
                                        for q, r in given_qrels.items()}
     n_syn = cfg.synthetic if cfg.synthetic is not None else (0 if given else 2000)
+    # unlabelled training queries (a query log) and no dev set: the gate still needs queries with a
+    # known relevant document, so synthetic ones are generated for the dev set only
+    dev_only_synthetic = bool(given) and not given_qrels and not cfg.dev_queries and cfg.synthetic is None
+    if dev_only_synthetic:
+        n_syn = 2 * cfg.dev_size
     synthetic = []
     if n_syn:
         gen = load_generator(cfg.generator, corpus)
@@ -225,11 +231,16 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         _, held = split_dev(pick_from, dev_size=cfg.dev_size, seed=cfg.seed)
         dev_q = {q: train_q.pop(q) for q in held}
         dev_rels = {q: {d: 1 for d in positives[q]} for q in held}
+        if dev_only_synthetic:
+            for q in synthetic:
+                train_q.pop(q.query_id, None)
         n_given = sum(1 for q in held if q in given)
         dev_origin = ("held-out training queries with their qrels" if n_given == len(held) else
                       f"held-out queries with known relevant documents (pseudo-dev; {n_given} of them given queries "
                       "with qrels, the rest synthetic with their source document)" if n_given else
                       "held-out queries with known relevant documents (pseudo-dev)")
+        if dev_only_synthetic:
+            dev_origin += f"; synthetic queries made for the gate only, training uses the {len(given)} given queries"
         if cfg.mask_dev_source:
             spans: dict[str, list[str]] = {}
             for q in held:

@@ -96,6 +96,26 @@ def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
         IngestHook(es_client, index_prefix, queries, progress=False)
 
 
+def test_unlabelled_queries_train_alone_and_synthetic_queries_only_gate(
+        es_client, index_prefix, tiny_collection, tiny_bi_encoder, tmp_path):
+    """A query log without judgements: training uses exactly those queries; the gate gets
+    synthetic queries (with their source documents) made for it alone."""
+    cfg = DistillConfig(
+        corpus=tiny_collection, out=tmp_path / "run", queries=tiny_collection / "queries.jsonl",
+        student=str(tiny_bi_encoder), teacher="bm25", dev_size=6,
+        mining=MiningConfig(list_size=4, pool_depth=8, pool_size=8), train=TrainConfig(**{**TRAIN, "epochs": 1}),
+        export=False, index_prefix=index_prefix + "-", show_progress=False,
+    )
+    summary = run_distill(cfg, es=es_client)
+    given = len((tiny_collection / "queries.jsonl").read_text().splitlines())
+    assert summary["given_queries"] == given and summary["train_queries"] == given
+    assert summary["synthetic_queries"] >= 2 * 6 - 2 and summary["dev_queries"] == 6
+    assert "for the gate only" in summary["dev_origin"]
+    lines = (tmp_path / "run" / "lists.train.jsonl").read_text().splitlines()
+    trained_on = {json.loads(line)["query_id"] for line in lines}
+    assert trained_on and not any(q.startswith("syn-") for q in trained_on)
+
+
 def test_full_fine_tune_is_the_opt_in_and_excludes_query_side_only():
     from esdistill.plugin.cli import build_parser
 

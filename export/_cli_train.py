@@ -37,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "a weighted sum [kl+0.1*infonce: listwise KL plus a small contrastive term]")
     p.add_argument("--synthetic", type=int, default=None,
                    help="synthetic queries to generate (default: 2000 without --queries, else 0; with --queries "
-                        "but no --qrels and no dev set, 2 x --dev-size for the gate only)")
+                        "but no --qrels and no dev set, 3 x --dev-size for the gate only)")
     p.add_argument("--generator", default="rules", help="'rules' or package.module:function(doc, style) [rules]")
     p.add_argument("--styles", default="keyword,claim,question,title", help="synthetic query styles")
     p.add_argument("--dev-size", type=int, default=200, help="held-out queries for the gate when no dev set")

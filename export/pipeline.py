@@ -74,7 +74,7 @@ class DistillConfig:
         teacher: teacher spec (see :func:`~esdistill.export.teachers.build_teacher`) or ``auto``
             (the best of ``auto_teachers`` on the dev set).
         synthetic: synthetic queries to generate (0: none; default: 0 with queries, else 2000;
-            with queries that have no qrels and no dev set: ``2 * dev_size``, for the gate only).
+            with queries that have no qrels and no dev set: ``3 * dev_size``, for the gate only).
         generator: ``rules`` or ``module:function``.
         styles: synthetic query styles.
         dev_size: held-out queries for the gate/teacher selection when no dev set is given.
@@ -202,7 +202,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     # known relevant document, so synthetic ones are generated for the dev set only
     dev_only_synthetic = bool(given) and not given_qrels and not cfg.dev_queries and cfg.synthetic is None
     if dev_only_synthetic:
-        n_syn = 2 * cfg.dev_size
+        n_syn = 3 * cfg.dev_size  # some are dropped as duplicates; about half copy a passage
     synthetic = []
     if n_syn:
         gen = load_generator(cfg.generator, corpus)
@@ -219,15 +219,16 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         dev_origin = "given dev qrels"
     else:
         judged = [q for q in train_q if positives.get(q)]
-        if len(judged) < 2 * cfg.dev_size:
-            raise ConfigError(f"only {len(judged)} training queries have a known relevant document; need at "
-                              f"least {2 * cfg.dev_size} to hold out {cfg.dev_size} for the gate (lower --dev-size "
+        need = cfg.dev_size if dev_only_synthetic else 2 * cfg.dev_size  # else half must stay to train on
+        if len(judged) < need:
+            raise ConfigError(f"only {len(judged)} queries have a known relevant document; need at "
+                              f"least {need} to hold out {cfg.dev_size} for the gate (lower --dev-size "
                               "or allow more synthetic queries)")
         # hold out copied-passage queries when there are enough: they can be scored against their
         # source document without the copied passage (see below)
         span_of = {q.query_id: q.span for q in synthetic if q.span}
         with_span = [q for q in judged if q in span_of]
-        pick_from = with_span if cfg.mask_dev_source and len(with_span) >= 2 * cfg.dev_size else judged
+        pick_from = with_span if cfg.mask_dev_source and len(with_span) >= need else judged
         _, held = split_dev(pick_from, dev_size=cfg.dev_size, seed=cfg.seed)
         dev_q = {q: train_q.pop(q) for q in held}
         dev_rels = {q: {d: 1 for d in positives[q]} for q in held}

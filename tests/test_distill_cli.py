@@ -109,7 +109,7 @@ def test_unlabelled_queries_train_alone_and_synthetic_queries_only_gate(
     summary = run_distill(cfg, es=es_client)
     given = len((tiny_collection / "queries.jsonl").read_text().splitlines())
     assert summary["given_queries"] == given and summary["train_queries"] == given
-    assert summary["synthetic_queries"] >= 2 * 6 - 2 and summary["dev_queries"] == 6
+    assert summary["synthetic_queries"] >= 6 and summary["dev_queries"] == 6
     assert "for the gate only" in summary["dev_origin"]
     lines = (tmp_path / "run" / "lists.train.jsonl").read_text().splitlines()
     trained_on = {json.loads(line)["query_id"] for line in lines}

@@ -125,9 +125,13 @@ class RetrievalEvaluator:
             run[qid] = {self.doc_ids[i]: float(row[i]) for i in top}
         return run
 
+    def scores(self, encoder: Any, doc_vectors: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+        """``(mean, per-query values)`` of the metric of ``encoder`` on the dev queries."""
+        return evaluate_run(self.qrels, self.run(encoder, doc_vectors), self.metric)
+
     def evaluate(self, encoder: Any, doc_vectors: np.ndarray | None = None) -> float:
         """The mean metric of ``encoder`` on the dev queries."""
-        return evaluate_run(self.qrels, self.run(encoder, doc_vectors), self.metric)[0]
+        return self.scores(encoder, doc_vectors)[0]
 
     def __call__(self, encoder: Any) -> float:
         frozen = encoder.doc_model is not encoder.query_model and not any(
@@ -220,9 +224,8 @@ def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, mi
     if not 0.0 <= confidence < 1.0:
         raise ConfigError(f"gate confidence={confidence} (need 0 <= c < 1; 0 turns the significance check off)")
     base_docs = evaluator.doc_vectors(base)
-    base_score, base_per = evaluate_run(evaluator.qrels, evaluator.run(base, base_docs), evaluator.metric)
-    trained_score, trained_per = evaluate_run(
-        evaluator.qrels, evaluator.run(trained, base_docs if shared_documents else None), evaluator.metric)
+    base_score, base_per = evaluator.scores(base, base_docs)
+    trained_score, trained_per = evaluator.scores(trained, base_docs if shared_documents else None)
     deltas = [trained_per[q] - base_per[q] for q in base_per]
     p_better, ci_low, ci_high = paired_bootstrap(deltas, seed=seed)
     wins, losses = sum(d > 1e-12 for d in deltas), sum(d < -1e-12 for d in deltas)

@@ -333,11 +333,12 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     ev_corpus: dict[str, Doc] = dev_corpus(dev_view, dev_rels, max_docs=cfg.eval_max_docs, extra_ids=extra,
                                            seed=cfg.seed)
     evaluator = RetrievalEvaluator(ev_corpus, dev_q, dev_rels)
-    frozen = None
-    if cfg.train.query_side_only:  # the base's document vectors are already cached: reuse them
+    # the base's document vectors are already cached (dense mining): reuse them for the frozen
+    # document tower (query side only) and for the auto teacher temperature (both modes)
+    listed = sorted({d for c in lists for d in c.doc_ids})
+    frozen = dict(zip(listed, base.doc_vectors([corpus[d].full for d in listed])))
+    if cfg.train.query_side_only:
         evaluator.frozen_doc_vectors = base.doc_vectors(evaluator.doc_texts)
-        listed = sorted({d for c in lists for d in c.doc_ids})
-        frozen = dict(zip(listed, base.doc_vectors([corpus[d].full for d in listed])))
     result = train_student(lists, corpus, student=cfg.student, out_dir=out, config=cfg.train,
                            evaluator=evaluator, frozen_doc_vectors=frozen)
     timings["train"] = time.time() - t

@@ -306,8 +306,9 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         config: training settings.
         evaluator: called with a :class:`StudentEncoder` on the dev set; returns the dev metric.
         resume: continue from the latest checkpoint in ``out_dir`` when there is one.
-        frozen_doc_vectors: with ``query_side_only``, base-student document vectors already
-            computed (``{doc_id: vector}``); missing ones are computed.
+        frozen_doc_vectors: base-student document vectors already computed (``{doc_id: vector}``):
+            the frozen document tower with ``query_side_only``, and the base's scores for
+            ``teacher_temperature="auto"`` in either mode; missing ones are computed.
 
     Returns:
         A :class:`TrainResult`.
@@ -350,7 +351,8 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         frozen_docs.update({d: torch.from_numpy(v) for d, v in zip(ids, vecs)})
     teacher_temperature = cfg.teacher_temperature
     if teacher_temperature == "auto":
-        teacher_temperature = _matched_temperature(model, lists, corpus, cfg, frozen_docs)
+        known = frozen_docs if cfg.query_side_only else (frozen_doc_vectors or {})
+        teacher_temperature = _matched_temperature(model, lists, corpus, cfg, known)
     loss_fn = build_loss(cfg.loss, student_temperature=cfg.student_temperature,
                          teacher_temperature=float(teacher_temperature))
     uses_nce = isinstance(loss_fn, InfoNCELoss) or any(isinstance(p, InfoNCELoss) for _, p in getattr(loss_fn, "parts", []))

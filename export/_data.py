@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,12 @@ def write_queries(path: str | os.PathLike[str], queries: dict[str, str]) -> None
     """Write ``{qid: text}`` as ``queries.jsonl``."""
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"_id": qid, "text": text}) + "\n" for qid, text in queries.items())
+
+
+def write_corpus(path: str | os.PathLike[str], corpus: Mapping[str, Doc]) -> None:
+    """Write ``{doc_id: Doc}`` as a BEIR ``corpus.jsonl`` (the keys are the ids written)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"_id": did, "title": d.title, "text": d.text}) + "\n" for did, d in corpus.items())
 
 
 def write_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) -> None:

@@ -244,18 +244,30 @@ def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, mi
 
 
 def select_teacher(candidates: Mapping[str, Any], lists: Sequence[Any], corpus: Mapping[str, Doc], *,
-                   metric: str = "nDCG@10") -> tuple[str, dict[str, float]]:
+                   metric: str = "nDCG@10", confidence: float = 0.0, seed: int = 0,
+                   details: dict[str, Any] | None = None) -> tuple[str, dict[str, float]]:
     """Pick the teacher that best reranks the pools of pseudo-dev queries.
 
+    With ``confidence`` > 0 the candidates are read as a preference order: the earliest one whose
+    score is not *significantly* below the best (paired bootstrap over the dev queries: the best
+    beats it with probability < ``confidence``) is chosen. Synthetic dev queries are written from
+    their source document's own words, so they favour lexical teachers (BM25-heavy fusions) by
+    construction; listing the dense teacher first makes BM25 weight earn its place with a
+    significant gain rather than a gain within the noise of the dev set.
+
     Args:
-        candidates: ``{name: teacher}`` (cached teachers make this cheap).
+        candidates: ``{name: teacher}`` in order of preference (cached teachers make this cheap).
         lists: mined :class:`~esdistill.export.mining.CandidateList` objects of the dev queries, each
             with its known positives.
         corpus: the corpus.
         metric: ir-measures name.
+        confidence: 0 picks the best score (ties to the earlier candidate); else see above.
+        seed: bootstrap seed.
+        details: filled with ``best`` (the top score's name) and ``p_best_better`` (per candidate)
+            when given.
 
     Returns:
-        ``(best name, {name: score})``; ties go to the earlier candidate.
+        ``(chosen name, {name: score})``.
 
     Raises:
         ConfigError: no candidates, or no list has a positive.
@@ -264,14 +276,29 @@ def select_teacher(candidates: Mapping[str, Any], lists: Sequence[Any], corpus: 
     if not candidates or not judged:
         raise ConfigError("teacher selection needs candidate teachers and dev lists with known positives")
     qrels = {c.query_id: {p: 1 for p in c.positives} for c in judged}
+    if not 0.0 <= confidence < 1.0:
+        raise ConfigError(f"teacher selection confidence={confidence} (need 0 <= c < 1; 0 picks the best score)")
     scores: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
     for name, teacher in candidates.items():
         run = {}
         for c in judged:
             s = teacher.score(c.query, [corpus[d].full for d in c.doc_ids])
             run[c.query_id] = {d: float(v) for d, v in zip(c.doc_ids, s)}
-        scores[name] = evaluate_run(qrels, run, metric)[0]
-    best = max(scores, key=lambda n: (scores[n], -list(candidates).index(n)))
-    logger.info("teacher selection (%s on %d dev queries): %s -> %s", metric, len(judged),
-                {k: round(v, 4) for k, v in scores.items()}, best)
-    return best, scores
+        scores[name], per_query[name] = evaluate_run(qrels, run, metric)
+    names = list(candidates)
+    best = max(scores, key=lambda n: (scores[n], -names.index(n)))
+    chosen = best
+    p_best_better: dict[str, float] = {}
+    if confidence > 0:
+        for name in names:
+            deltas = [per_query[best][q] - per_query[name][q] for q in qrels]
+            p_best_better[name] = 0.0 if name == best else paired_bootstrap(deltas, seed=seed)[0]
+        chosen = next(n for n in names if p_best_better[n] < confidence)
+    if details is not None:
+        details.update(best=best, p_best_better=p_best_better)
+    logger.info("teacher selection (%s on %d dev queries): %s -> %s%s", metric, len(judged),
+                {k: round(v, 4) for k, v in scores.items()}, chosen,
+                f" (best score: {best}; P(best better) {', '.join(f'{k} {v:.2f}' for k, v in p_best_better.items())})"
+                if chosen != best else "")
+    return chosen, scores

@@ -57,16 +57,19 @@ class Bm25Index:
         k1: BM25 ``k1``.
         b: BM25 ``b``.
         keep: keep the index after ``close()``.
+        hidden: ids that are indexed (so the BM25 teacher can score them) but never returned by a
+            search (e.g. training copies of documents with a passage cut out).
 
     Raises:
         ElasticsearchUnavailable: the index cannot be created or filled.
     """
 
     def __init__(self, client: Any, corpus: Mapping[str, Doc], *, prefix: str = "esdistill-train-",
-                 k1: float = 0.9, b: float = 0.4, keep: bool = False) -> None:
+                 k1: float = 0.9, b: float = 0.4, keep: bool = False, hidden: Iterable[str] = ()) -> None:
         self.client = client
         self.corpus = corpus
         self.k1, self.b, self.keep = k1, b, keep
+        self.hidden = frozenset(hidden)
         self.name = f"{prefix}bm25-{uuid.uuid4().hex[:8]}"
         h = hashlib.sha256(json.dumps(["standard", k1, b]).encode())
         self._by_text: dict[str, str] = {}
@@ -94,12 +97,14 @@ class Bm25Index:
         body = {
             "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
                          "similarity": {"default": {"type": "BM25", "k1": self.k1, "b": self.b}}},
-            "mappings": {"dynamic": False, "properties": {"body": {"type": "text", "analyzer": "standard"}}},
+            "mappings": {"dynamic": False, "properties": {"body": {"type": "text", "analyzer": "standard"},
+                                                          "hidden": {"type": "boolean"}}},
         }
         try:
             self.client.indices.create(index=self.name, settings=body["settings"], mappings=body["mappings"])
             self._created = True
-            actions = ({"_index": self.name, "_id": did, "_source": {"body": d.full}}
+            actions = ({"_index": self.name, "_id": did,
+                        "_source": {"body": d.full, **({"hidden": True} if did in self.hidden else {})}}
                        for did, d in self.corpus.items())
             for ok, item in helpers.streaming_bulk(self.client, actions, chunk_size=500, max_retries=3,
                                                    raise_on_error=False):
@@ -124,7 +129,10 @@ class Bm25Index:
             searches: list[dict[str, Any]] = []
             for q in queries[start:start + 64]:
                 searches.append({"index": self.name})
-                searches.append({"query": {"match": {"body": q[:8000]}}, "size": k, "_source": False})
+                query: dict[str, Any] = {"match": {"body": q[:8000]}}
+                if self.hidden:
+                    query = {"bool": {"must": query, "must_not": {"term": {"hidden": True}}}}
+                searches.append({"query": query, "size": k, "_source": False})
             resp = self.client.msearch(searches=searches)
             for r in resp["responses"]:
                 if "error" in r:
@@ -242,7 +250,8 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
                     bm25: Bm25Index | None = None, dense: DenseRetriever | None = None,
                     positives: Mapping[str, Iterable[str]] | None = None,
                     config: MiningConfig | None = None, show_progress: bool = False,
-                    before_scoring: Any = None) -> list[CandidateList]:
+                    before_scoring: Any = None,
+                    exclude: Mapping[str, Iterable[str]] | None = None) -> list[CandidateList]:
     """Mine a teacher-scored candidate list for every query.
 
     Args:
@@ -257,6 +266,8 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
         show_progress: a progress bar over queries.
         before_scoring: called once with every pooled document id before the teacher scores
             (e.g. to embed them all in large batches).
+        exclude: ids never to put in a query's list (e.g. the unmasked source document of a
+            query whose positive is that document with the copied passage cut out).
 
     Returns:
         One :class:`CandidateList` per query, in the order of ``queries``.
@@ -278,8 +289,9 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
     pos_of: list[list[str]] = []
     for i, qid in enumerate(qids):
         pos = [p for p in (positives or {}).get(qid, ()) if p in corpus]
+        skip = set(pos) | set((exclude or {}).get(qid, ()))
         fused = rrf([[d for d, _ in bm25_hits[i]], [d for d, _ in dense_hits[i]]])
-        pools.append(list(dict.fromkeys(pos + [d for d in fused if d not in pos]))[:max(cfg.pool_size, len(pos) + 1)])
+        pools.append(list(dict.fromkeys(pos + [d for d in fused if d not in skip]))[:max(cfg.pool_size, len(pos) + 1)])
         pos_of.append(pos)
     if before_scoring is not None:
         before_scoring([d for pool in pools for d in pool])

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries, write_queries
+from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries, write_corpus, write_queries
 from esdistill.export.gate import RetrievalEvaluator, dev_corpus, promotion_gate, select_teacher
 from esdistill.export.mining import (
     Bm25Index,
@@ -90,6 +90,15 @@ class DistillConfig:
             passage (claim, title) and cut that passage from the source document in the dev copy of
             the corpus (the inverse cloze task), so that the teacher choice and the gate do not
             reward finding copied words.
+        mask_train_source: a synthetic training query that copies a passage (claim, title) is trained
+            against its source document *with that passage cut out* (the inverse cloze task, Lee et
+            al. 2019), and the unmasked source is kept out of its list: otherwise the positive holds
+            the query verbatim and the lists teach copy-matching, not relevance. Queries whose
+            source is nothing but the copied passage are dropped.
+        teacher_confidence: with ``teacher="auto"``, ``auto_teachers`` is a preference order (dense
+            first): the earliest teacher not significantly below the best on the dev set (paired
+            bootstrap, probability ``< teacher_confidence``) is chosen, since synthetic dev queries
+            favour BM25-heavy teachers by construction (0: the best score wins).
         gate_confidence: the gate also requires this paired-bootstrap probability that the trained
             student beats its base on the dev queries (0: only "not worse"). A gain within the noise
             of a small or synthetic dev set is refused.
@@ -123,6 +132,8 @@ class DistillConfig:
     seed: int = 0
     document_model: str | os.PathLike[str] | None = None
     mask_dev_source: bool = True
+    mask_train_source: bool = True
+    teacher_confidence: float = 0.9
     gate_confidence: float = 0.9
 
     def __post_init__(self) -> None:
@@ -137,6 +148,8 @@ class DistillConfig:
             problems.append("no training queries: pass --queries or allow synthetic queries")
         if self.dev_size < 1:
             problems.append(f"dev_size={self.dev_size} (need >= 1)")
+        if not 0.0 <= self.teacher_confidence < 1.0:
+            problems.append(f"teacher_confidence={self.teacher_confidence} (need 0 <= c < 1; 0: the best score wins)")
         if not 0.0 <= self.gate_confidence < 1.0:
             problems.append(f"gate_confidence={self.gate_confidence} (need 0 <= c < 1; 0 turns it off)")
         if self.quantize not in ("int8", "none"):
@@ -251,6 +264,29 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             if dev_masked:
                 dev_origin += (f"; {sum(1 for q in held if span_of.get(q))} of them copy a passage, which is cut "
                                "from their source document for the dev set (inverse cloze)")
+    # inverse cloze for training: a query that copies a passage is trained against its source
+    # document without that passage (a new id), never against the verbatim copy
+    train_view: dict[str, Doc] = corpus
+    exclude: dict[str, list[str]] = {}
+    if cfg.mask_train_source:
+        cut: dict[str, Doc] = {}
+        emptied = []
+        for q in synthetic:
+            if not q.span or q.query_id not in train_q:
+                continue
+            rest = mask_source(corpus[q.doc_id], [q.span])
+            if len(rest.full.split()) < 5:
+                emptied.append(train_q.pop(q.query_id))
+                continue
+            cut[f"{q.doc_id}#cut:{q.query_id}"] = rest
+            positives[q.query_id] = [f"{q.doc_id}#cut:{q.query_id}"]
+            exclude[q.query_id] = [q.doc_id]
+        if cut:
+            train_view = {**corpus, **cut}
+            write_corpus(out / "documents.cut.jsonl", cut)  # what the teacher and the student saw
+        summary["masked_train_queries"] = len(cut)
+        if emptied:
+            logger.info("dropped %d synthetic queries that copy the whole of their source document", len(emptied))
     summary.update(train_queries=len(train_q), given_queries=len(given), synthetic_queries=len(synthetic),
                    dev_queries=len(dev_q), dev_origin=dev_origin)
     timings["queries"] = time.time() - t0
@@ -259,7 +295,9 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     score_cache = ScoreCache(cache_dir / "teacher_scores.sqlite")
     dev_view = {**corpus, **dev_masked} if dev_masked else corpus
     with ExitStack() as stack:
-        bm25 = stack.enter_context(Bm25Index(es, corpus, prefix=cfg.index_prefix))
+        # the training index also holds the cut copies (hidden from search) so that BM25 can score them
+        bm25 = stack.enter_context(Bm25Index(es, train_view, prefix=cfg.index_prefix,
+                                             hidden=[d for d in train_view if d not in corpus]))
         # the dev queries search a copy of the corpus with their copied passages cut out
         bm25_dev = (stack.enter_context(Bm25Index(es, dev_view, prefix=cfg.index_prefix + "dev-"))
                     if dev_masked else bm25)
@@ -300,10 +338,20 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         specs = list(cfg.auto_teachers) if cfg.teacher == "auto" else [cfg.teacher]
         candidates = {spec: make(spec, bm25_dev) for spec in specs}
         prepare_all(pooled, list(dev_q.values()), dev_view)
-        chosen, scores = select_teacher(candidates, dev_pools, dev_view)
+        how: dict[str, Any] = {}
+        chosen, scores = select_teacher(candidates, dev_pools, dev_view, seed=cfg.seed, details=how,
+                                        confidence=cfg.teacher_confidence if cfg.teacher == "auto" else 0.0)
         if cfg.teacher == "auto":
             selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
                          "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}
+            if how.get("p_best_better"):
+                selection["p_best_better"] = how["p_best_better"]
+                if chosen != how["best"]:
+                    selection["why"] = (
+                        f"the earliest of {list(cfg.auto_teachers)} (dense first) whose nDCG@10 reranking the "
+                        f"dev pools is not significantly below the best ({how['best']}: P(best better) "
+                        f"{how['p_best_better'][chosen]:.2f} < {cfg.teacher_confidence}); synthetic dev queries "
+                        "favour BM25-heavy teachers by construction")
         else:
             chosen = cfg.teacher
             selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
@@ -315,10 +363,10 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
 
         # ------------------------------------------------------------ mining
         t = time.time()
-        lists = mine_candidates(train_q, corpus, teacher=teacher, bm25=bm25, dense=dense,
-                                before_scoring=lambda ids: prepare_all(ids, list(train_q.values())),
+        lists = mine_candidates(train_q, train_view, teacher=teacher, bm25=bm25, dense=dense,
+                                before_scoring=lambda ids: prepare_all(ids, list(train_q.values()), train_view),
                                 positives={q: positives.get(q, []) for q in train_q}, config=cfg.mining,
-                                show_progress=cfg.show_progress)
+                                show_progress=cfg.show_progress, exclude=exclude)
         syn_ids = {q.query_id for q in synthetic}
         kept, dropped = filter_grounded([c for c in lists if c.query_id in syn_ids], max_rank=cfg.grounded_rank)
         lists = [c for c in lists if c.query_id not in syn_ids] + kept
@@ -336,10 +384,10 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     # the base's document vectors are already cached (dense mining): reuse them for the frozen
     # document tower (query side only) and for the auto teacher temperature (both modes)
     listed = sorted({d for c in lists for d in c.doc_ids})
-    frozen = dict(zip(listed, base.doc_vectors([corpus[d].full for d in listed])))
+    frozen = dict(zip(listed, base.doc_vectors([train_view[d].full for d in listed])))
     if cfg.train.query_side_only:
         evaluator.frozen_doc_vectors = base.doc_vectors(evaluator.doc_texts)
-    result = train_student(lists, corpus, student=cfg.student, out_dir=out, config=cfg.train,
+    result = train_student(lists, train_view, student=cfg.student, out_dir=out, config=cfg.train,
                            evaluator=evaluator, frozen_doc_vectors=frozen)
     timings["train"] = time.time() - t
     t = time.time()

@@ -201,3 +201,30 @@ def test_equal_members_are_shared_across_specs(bm25, tiny_bi_encoder):
     b = build_teacher(f"0.5*bi:{tiny_bi_encoder}+0.5*bm25", bm25_index=bm25, shared=shared)
     assert b.members[0][1] is a  # one object: the corpus is embedded once for both
     assert build_teacher(f"bi:{tiny_bi_encoder}") is not a
+
+
+def test_hidden_documents_are_scored_but_never_retrieved(es_client, index_prefix, corpus):
+    from esdistill.export._data import Doc
+
+    first = next(iter(corpus))
+    copy = Doc("copy#cut:q", corpus[first].title, corpus[first].text)  # a training copy of a real document
+    view = {**corpus, "copy#cut:q": copy}
+    with Bm25Index(es_client, view, prefix=index_prefix + "-", hidden=["copy#cut:q"]) as index:
+        query = corpus[first].full
+        hits = [d for d, _ in index.search(query, k=len(view))]
+        assert first in hits and "copy#cut:q" not in hits
+        scores = index.score_ids(query, [first, "copy#cut:q"])
+        assert scores["copy#cut:q"] == pytest.approx(scores[first], rel=1e-4)
+        assert BM25Teacher(index).score(query, [copy.full])[0] > 0
+
+
+def test_mining_never_lists_an_excluded_document(bm25, corpus):
+    ids = list(corpus)
+    q = corpus[ids[0]].full
+    lists = mine_candidates({"q": q}, corpus, teacher=BM25Teacher(bm25), bm25=bm25, positives={"q": [ids[1]]},
+                            exclude={"q": [ids[0]]}, config=MiningConfig(list_size=4, pool_depth=8, pool_size=8))
+    assert ids[0] not in lists[0].doc_ids and lists[0].doc_ids[0] == ids[1]
+    # without the exclusion the document that holds the query verbatim is the teacher's first pick
+    plain = mine_candidates({"q": q}, corpus, teacher=BM25Teacher(bm25), bm25=bm25, positives={"q": [ids[1]]},
+                            config=MiningConfig(list_size=4, pool_depth=8, pool_size=8))
+    assert ids[0] in plain[0].doc_ids

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from esdistill.export._data import load_corpus, load_qrels, load_queries
+from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries
 from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_gate, select_teacher
 from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools
 from esdistill.export.queries import RuleBasedGenerator, generate_queries
@@ -188,6 +188,36 @@ def test_teacher_selection_and_evaluate_run(es_client, index_prefix, corpus, dev
     for bad in (0, -1.0, "hot"):
         with pytest.raises(ConfigError, match="teacher_temperature"):
             TrainConfig(teacher_temperature=bad)
+
+
+class _Oracle:
+    """A fake teacher that ranks the positive first for the queries it "knows", else last."""
+
+    def __init__(self, knows):
+        self.knows = set(knows)
+
+    def score(self, query, docs):
+        return [1.0 if (query in self.knows) == (i == 0) else 0.0 for i in range(len(docs))]
+
+
+def test_teacher_selection_prefers_the_earlier_teacher_unless_the_best_is_significantly_better():
+    from esdistill.export.mining import CandidateList
+
+    corpus = {d: Doc(d, "", f"text {d}") for d in ("p", "n1", "n2")}
+    lists = [CandidateList(f"q{i}", f"q{i}", ["p", "n1", "n2"], [0, 0, 0], positives=["p"]) for i in range(40)]
+    queries = [c.query for c in lists]
+    dense, close, far = _Oracle(queries[:30]), _Oracle(queries[:31]), _Oracle(queries[:40])
+    # one more query right out of 40 is noise: the earlier (dense) teacher is kept
+    how: dict = {}
+    chosen, scores = select_teacher({"dense": dense, "fusion": close}, lists, corpus, confidence=0.9, details=how)
+    assert chosen == "dense" and how["best"] == "fusion" and scores["fusion"] > scores["dense"]
+    assert how["p_best_better"]["dense"] < 0.9
+    # ten more is not: the best wins
+    assert select_teacher({"dense": dense, "fusion": far}, lists, corpus, confidence=0.9)[0] == "fusion"
+    # confidence 0: the best score wins, as before
+    assert select_teacher({"dense": dense, "fusion": close}, lists, corpus)[0] == "fusion"
+    with pytest.raises(ConfigError, match="confidence"):
+        select_teacher({"dense": dense}, lists, corpus, confidence=1.0)
 
 
 def test_positive_boost_lifts_only_known_positives_above_the_best_other_candidate():

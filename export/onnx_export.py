@@ -488,7 +488,10 @@ def _quantize(source: _Source, fp32_dir: Path, int8_dir: Path, sample: ParitySam
     """Quantize, keeping outlier-heavy nodes in fp32 until int8 agrees with fp32 on sample texts.
 
     The check compares with the fp32 ONNX graph (cheap, no torch) using the gate's own int8
-    thresholds; the gate itself then compares with the source model.
+    thresholds (the cosines and, when the sample has judged queries, the nDCG@10 drop); the gate
+    itself then compares with the source model. Without the nDCG@10 check here, a fine-tuned
+    student whose cosines pass at the first attempt could fail the gate's nDCG@10 limit at the end
+    of a long training run, with fp32 nodes left untried.
     """
     from esdistill.plugin.encoder import load_tokenizer, pad_batch
 
@@ -498,16 +501,28 @@ def _quantize(source: _Source, fp32_dir: Path, int8_dir: Path, sample: ParitySam
     if source.kind == "bi-encoder":
         from esdistill.plugin.encoder import OnnxEncoder
 
-        reference = OnnxEncoder(fp32_dir, threads=threads).encode(texts)
+        fp32 = OnnxEncoder(fp32_dir, threads=threads)
+        reference = fp32.encode(texts)
+        judged = bool(sample.queries) and bool(sample.qrels)
+        if judged:
+            docs, queries = list(sample.docs.values()), list(sample.queries.values())
+            ref_d, ref_q = fp32.encode(docs, kind="document"), fp32.encode(queries, kind="query")
 
         def accept(_: Path) -> tuple[bool, dict[str, float]]:
             write(settings, [])
-            got = OnnxEncoder(int8_dir, threads=threads).encode(texts)
+            enc = OnnxEncoder(int8_dir, threads=threads)
+            got = enc.encode(texts)
             cos = np.sum(got * reference, axis=1) / np.maximum(
                 np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
             metrics = {"cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6)}
             ok = metrics["cosine_min"] >= thresholds.int8_min_cosine \
                 and metrics["cosine_mean"] >= thresholds.int8_min_mean_cosine
+            if ok and judged:
+                m = bi_encoder_metrics(sample, ref_d, enc.encode(docs, kind="document"), ref_q,
+                                       enc.encode(queries, kind="query"), similarity=source.similarity)
+                if "ndcg10_delta" in m:
+                    metrics["ndcg10_delta_vs_fp32"] = round(m["ndcg10_delta"], 6)
+                    ok = -m["ndcg10_delta"] <= thresholds.int8_max_ndcg10_drop
             return ok, metrics
     else:
         from esdistill.plugin.cross_encoder import OnnxCrossEncoder

@@ -227,3 +227,20 @@ def test_int8_manifest_records_the_quantization_attempts(tiny_int8):
     assert q["weight_type"] == "int8" and q["per_channel"] is True
     assert q["attempts"] and q["attempts"][-1]["passed"] is True
     assert q["fp32_nodes"] == []  # the tiny model needs no fp32 fallback
+
+
+def test_the_quantizer_keeps_nodes_in_fp32_until_the_ndcg_limit_holds_too(tiny_bi_encoder, tiny_collection, tmp_path):
+    """With judged queries in the sample, an int8 attempt passes only when its nDCG@10 drop
+    against the fp32 graph is within the limit, not on the cosines alone."""
+    from esdistill.export.parity import ParityThresholds
+
+    strict = ParityThresholds(int8_max_ndcg10_drop=0.0, int8_min_cosine=0.9, int8_min_mean_cosine=0.9)
+    res = export_model(tiny_bi_encoder, tmp_path / "q", quantize="int8", parity_collection=tiny_collection,
+                       thresholds=strict, force=True)
+    attempts = res.manifest.extra["quantization_settings"]["attempts"]
+    assert attempts
+    for a in attempts:
+        cosines_ok = a["cosine_min"] >= 0.9 and a["cosine_mean"] >= 0.9
+        assert cosines_ok  # the tiny model's int8 cosines are far above 0.9
+        assert "ndcg10_delta_vs_fp32" in a, a
+        assert a["passed"] == (a["ndcg10_delta_vs_fp32"] >= 0.0), a

@@ -95,10 +95,12 @@ class DistillConfig:
             al. 2019), and the unmasked source is kept out of its list: otherwise the positive holds
             the query verbatim and the lists teach copy-matching, not relevance. Queries whose
             source is nothing but the copied passage are dropped.
-        teacher_confidence: with ``teacher="auto"``, ``auto_teachers`` is a preference order (dense
-            first): the earliest teacher not significantly below the best on the dev set (paired
-            bootstrap, probability ``< teacher_confidence``) is chosen, since synthetic dev queries
-            favour BM25-heavy teachers by construction (0: the best score wins).
+        teacher_confidence: with ``teacher="auto"`` and a pseudo-dev set (synthetic queries),
+            ``auto_teachers`` is a preference order (dense first): the earliest teacher not
+            significantly below the best on the dev set (paired bootstrap, probability
+            ``< teacher_confidence``) is chosen, since synthetic dev queries favour BM25-heavy
+            teachers by construction (0: the best score wins, as it always does on judged real
+            dev queries).
         gate_confidence: the gate also requires this paired-bootstrap probability that the trained
             student beats its base on the dev queries (0: only "not worse"). A gain within the noise
             of a small or synthetic dev set is refused.
@@ -339,8 +341,11 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         candidates = {spec: make(spec, bm25_dev) for spec in specs}
         prepare_all(pooled, list(dev_q.values()), dev_view)
         how: dict[str, Any] = {}
+        # the preference for the dense teacher answers the lexical bias of *synthetic* dev queries;
+        # judged real queries pick the best score
+        prefer_dense = cfg.teacher == "auto" and "pseudo-dev" in dev_origin
         chosen, scores = select_teacher(candidates, dev_pools, dev_view, seed=cfg.seed, details=how,
-                                        confidence=cfg.teacher_confidence if cfg.teacher == "auto" else 0.0)
+                                        confidence=cfg.teacher_confidence if prefer_dense else 0.0)
         if cfg.teacher == "auto":
             selection = {"chosen": chosen, "scores": scores, "dev_queries": len(dev_pools),
                          "why": "best nDCG@10 reranking the fused BM25+dense pools of the dev queries"}

@@ -68,6 +68,24 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert again["score_cache"]["misses"] == 0 and again["score_cache"]["hits"] > 0
 
 
+def test_on_judged_real_dev_queries_the_best_teacher_wins(es_client, index_prefix, tiny_collection, tiny_bi_encoder,
+                                                          tmp_path):
+    """The dense-first preference answers the lexical bias of synthetic dev queries only."""
+    teachers = (f"bi:{tiny_bi_encoder}", "bm25", f"0.5*bi:{tiny_bi_encoder}+0.5*bm25")
+    cfg = DistillConfig(
+        corpus=tiny_collection, out=tmp_path / "run", queries=tiny_collection / "queries.jsonl",
+        qrels=tiny_collection / "qrels" / "test.tsv", student=str(tiny_bi_encoder), teacher="auto",
+        auto_teachers=teachers, dev_size=4, mining=MiningConfig(list_size=4, pool_depth=8, pool_size=8),
+        train=TrainConfig(**{**TRAIN, "epochs": 1}, max_steps=1), export=False, index_prefix=index_prefix + "-",
+        show_progress=False,
+    )
+    summary = run_distill(cfg, es=es_client)
+    sel = summary["teacher"]
+    assert "pseudo-dev" not in summary["dev_origin"] and "p_best_better" not in sel
+    scores = sel["scores"]
+    assert sel["chosen"] == max(teachers, key=lambda t: (scores[t], -teachers.index(t)))
+
+
 def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder,
                                             tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ESDISTILL_ES_URL", es_url)

@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
     gate = summary["gate"]
     print(f"teacher: {summary['teacher']['chosen']}  (pseudo-dev nDCG@10: "
           + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher"]["scores"].items()) + ")")
-    print(f"queries: {summary['train_queries']} train ({summary['synthetic_queries']} synthetic, "
+    cloze = f", {summary['masked_train_queries']} as inverse cloze" if summary.get("masked_train_queries") else ""
+    print(f"queries: {summary['train_queries']} train ({summary['synthetic_queries']} synthetic{cloze}, "
           f"{summary['ungrounded_dropped']} ungrounded dropped), {summary['dev_queries']} dev ({summary['dev_origin']})")
     print(f"trained {summary['train']['steps']} steps in {summary['train']['seconds']} s -> {args.out}/student")
     print(f"gate: {gate['reason']}")

@@ -104,6 +104,21 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
     assert not (out / "onnx").exists()
 
 
+def test_adapt_cli_reports_its_choices_in_words(es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder,
+                                               tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    out = tmp_path / "adapt"
+    code = main(["adapt", "--corpus", str(tiny_collection), "--out", str(out), "--synthetic", "60", "--dev-size", "8",
+                 "--student", str(tiny_bi_encoder), "--teacher", "bm25", "--list-size", "4", "--pool-depth", "8",
+                 "--epochs", "1", "--batch-size", "4", "--max-seq-length", "64", "--no-export", "--no-progress",
+                 "--index-prefix", index_prefix + "-"])
+    text = capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert code == (0 if run["gate"]["promoted"] else 8)
+    assert f"{run['masked_train_queries']} as inverse cloze" in text and run["masked_train_queries"] > 0
+    assert "teacher: bm25" in text and f"gate: {run['gate']['reason']}" in text
+
+
 def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
         es_client, index_prefix, tiny_collection, tiny_bi_encoder, tmp_path):
     """Without --document-model, the run exports the frozen base as the document model and pairs

@@ -83,6 +83,8 @@ class BenchConfig:
         work: cache folder for exports, vectors and runs.
         distill_teacher: the teacher of the distillation run (``auto``: chosen on the dev set).
         train_overrides: :class:`~esdistill.export.train.TrainConfig` fields to change.
+        distill_overrides: :class:`~esdistill.export.pipeline.DistillConfig` fields to change (e.g.
+            ``mask_train_source``, ``gate_confidence``).
     """
 
     out: Path
@@ -104,9 +106,22 @@ class BenchConfig:
     work: Path | None = None
     distill_teacher: str = "auto"
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    distill_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from esdistill.plugin._errors import ConfigError
+
+        if self.distill_overrides:  # (imports torch: only when asked for)
+            from esdistill.export.pipeline import DistillConfig
+
+            fixed = {"corpus", "out", "queries", "qrels", "train", "mining"}
+            bad = sorted(k for k in self.distill_overrides
+                         if k in fixed or k not in DistillConfig.__dataclass_fields__)
+        else:
+            bad = []
+        if bad:
+            raise ConfigError(f"distill_overrides: {bad} cannot be set here (use the DistillConfig fields other than "
+                              f"{sorted(fixed)}; training settings go in train_overrides)")
 
         self.out = Path(self.out)
         if not self.collections:
@@ -339,7 +354,7 @@ def _distill(name: str, folder: Path, cfg: BenchConfig, client: Any) -> tuple[Pa
             qrels=folder / "qrels" / "train.tsv" if labelled else None,
             synthetic=None if labelled else (200 if cfg.quick else 2000), dev_size=dev_size,
             mining=mining, train=train, show_progress=_tty(), seed=cfg.seed,
-            index_prefix="esdistill-bench-train-",
+            index_prefix="esdistill-bench-train-", **cfg.distill_overrides,
         )
         summary = run_distill(dc, es=client)
     export = summary.get("export", {}).get("out")
@@ -643,11 +658,13 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
     each student (torch fp32, exact search) on the test split."""
     from esdistill.export._data import load_corpus
     from esdistill.export.mining import load_lists
+    from esdistill.export.pipeline import training_corpus
     from esdistill.export.train import TrainConfig, train_student
 
     run_dir = Path(summary["run_dir"])
     lists = load_lists(run_dir / "lists.train.jsonl")
-    corpus = load_corpus(summary.get("corpus") or folder)  # the corpus the lists were mined from
+    # the corpus the lists were mined from, with the run's inverse-cloze positives
+    corpus = training_corpus(run_dir, load_corpus(summary.get("corpus") or folder))
     base_cfg = summary.get("train", {}).get("config", {})
     document_model = cfg.student if _query_side_only(summary) else None
     doc_vectors = {} if doc_vectors is None else doc_vectors  # a frozen document tower embeds the corpus once

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cach
 from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["AUTO_TEACHERS", "DistillConfig", "run_distill"]
+__all__ = ["AUTO_TEACHERS", "CUT_DOCUMENTS", "DistillConfig", "run_distill", "training_corpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,17 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+CUT_DOCUMENTS = "documents.cut.jsonl"
+
+
+def training_corpus(run_dir: str | os.PathLike[str], corpus: Mapping[str, Doc]) -> dict[str, Doc]:
+    """The documents a run's ``lists.train.jsonl`` refers to: ``corpus`` plus the run's inverse-cloze
+    positives (source documents with a copied passage cut out, ids ``DOC#cut:QUERY``), so the lists
+    can be trained on again (e.g. with another loss)."""
+    cut = Path(run_dir) / CUT_DOCUMENTS
+    return {**corpus, **load_corpus(cut)} if cut.is_file() else dict(corpus)
+
+
 def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     """Run the whole pipeline; return (and write to ``out/run.json``) a summary.
 
@@ -285,7 +297,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             exclude[q.query_id] = [q.doc_id]
         if cut:
             train_view = {**corpus, **cut}
-            write_corpus(out / "documents.cut.jsonl", cut)  # what the teacher and the student saw
+            write_corpus(out / CUT_DOCUMENTS, cut)  # what the teacher and the student saw
         summary["masked_train_queries"] = len(cut)
         if emptied:
             logger.info("dropped %d synthetic queries that copy the whole of their source document", len(emptied))

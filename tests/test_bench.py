@@ -87,7 +87,10 @@ def test_bench_serves_a_query_side_only_student_against_the_shipped_vectors(es_c
     cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
                       student=str(tiny_bi_encoder), teacher=str(tiny_bi_encoder), work=tmp_path / "work",
                       distill_teacher="bm25", train_overrides=TRAIN, encoder_docs=16,  # query side only: the default
-                      ingest_docs=24, ablation=(), rerank_depths=(10,))
+                      ingest_docs=24, ablation=(), rerank_depths=(10,),
+                      # this test is about serving a promoted query encoder: copy-matching lists are what
+                      # the random tiny student learns fastest (inverse cloze lists are too hard for it)
+                      distill_overrides={"mask_train_source": False})
     name = tiny_collection.name
     try:
         report = run_bench(cfg, client=es_client, progress=lambda line: None)
@@ -132,7 +135,10 @@ def test_bench_refuses_a_folder_that_is_not_a_collection(tmp_path):
     with pytest.raises(ConfigError, match="BEIR layout"):
         BenchConfig(out=tmp_path / "r", collections=(tmp_path,))
     with pytest.raises(ConfigError, match="not among the collections"):
-        BenchConfig(out=tmp_path / "r", collections=(_beir(tmp_path),), distilled={"nope": "dir"})
+        BenchConfig(out=tmp_path / "r", collections=(mini := _beir(tmp_path),), distilled={"nope": "dir"})
+    for bad in ({"no_such_field": 1}, {"corpus": "elsewhere"}):
+        with pytest.raises(ConfigError, match="distill_overrides"):
+            BenchConfig(out=tmp_path / "r", collections=(mini,), distill_overrides=bad)
 
 
 def _beir(root):

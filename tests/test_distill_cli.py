@@ -44,6 +44,11 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
 
     cut = load_corpus(run / "documents.cut.jsonl")
     assert summary["masked_train_queries"] == len(cut) > 0
+    # the lists can be trained on again (the bench's loss ablation does): every listed id resolves
+    from esdistill.export.pipeline import training_corpus
+
+    again_corpus = training_corpus(run, load_corpus(tiny_collection))
+    assert all(d in again_corpus for c in load_lists(run / "lists.train.jsonl") for d in c.doc_ids)
     cut_lists = [c for c in load_lists(run / "lists.train.jsonl") if c.positives and "#cut:" in c.positives[0]]
     assert cut_lists  # some survive the grounding filter
     for c in cut_lists:

@@ -117,11 +117,9 @@ class BenchConfig:
             fixed = {"corpus", "out", "queries", "qrels", "train", "mining"}
             bad = sorted(k for k in self.distill_overrides
                          if k in fixed or k not in DistillConfig.__dataclass_fields__)
-        else:
-            bad = []
-        if bad:
-            raise ConfigError(f"distill_overrides: {bad} cannot be set here (use the DistillConfig fields other than "
-                              f"{sorted(fixed)}; training settings go in train_overrides)")
+            if bad:
+                raise ConfigError(f"distill_overrides: {bad} cannot be set here (use the DistillConfig fields other "
+                                  f"than {sorted(fixed)}; training settings go in train_overrides)")
 
         self.out = Path(self.out)
         if not self.collections:

@@ -280,10 +280,9 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
                                "from their source document for the dev set (inverse cloze)")
     # inverse cloze for training: a query that copies a passage is trained against its source
     # document without that passage (a new id), never against the verbatim copy
-    train_view: dict[str, Doc] = corpus
+    cut: dict[str, Doc] = {}
     exclude: dict[str, list[str]] = {}
     if cfg.mask_train_source:
-        cut: dict[str, Doc] = {}
         emptied = []
         for q in synthetic:
             if not q.span or q.query_id not in train_q:
@@ -292,15 +291,16 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             if len(rest.full.split()) < 5:
                 emptied.append(train_q.pop(q.query_id))
                 continue
-            cut[f"{q.doc_id}#cut:{q.query_id}"] = rest
-            positives[q.query_id] = [f"{q.doc_id}#cut:{q.query_id}"]
+            cut_id = f"{q.doc_id}#cut:{q.query_id}"
+            cut[cut_id] = rest
+            positives[q.query_id] = [cut_id]
             exclude[q.query_id] = [q.doc_id]
         if cut:
-            train_view = {**corpus, **cut}
             write_corpus(out / CUT_DOCUMENTS, cut)  # what the teacher and the student saw
         summary["masked_train_queries"] = len(cut)
         if emptied:
             logger.info("dropped %d synthetic queries that copy the whole of their source document", len(emptied))
+    train_view: Mapping[str, Doc] = {**corpus, **cut} if cut else corpus
     summary.update(train_queries=len(train_q), given_queries=len(given), synthetic_queries=len(synthetic),
                    dev_queries=len(dev_q), dev_origin=dev_origin)
     timings["queries"] = time.time() - t0
@@ -311,7 +311,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     with ExitStack() as stack:
         # the training index also holds the cut copies (hidden from search) so that BM25 can score them
         bm25 = stack.enter_context(Bm25Index(es, train_view, prefix=cfg.index_prefix,
-                                             hidden=[d for d in train_view if d not in corpus]))
+                                             hidden=cut))
         # the dev queries search a copy of the corpus with their copied passages cut out
         bm25_dev = (stack.enter_context(Bm25Index(es, dev_view, prefix=cfg.index_prefix + "dev-"))
                     if dev_masked else bm25)

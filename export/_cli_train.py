@@ -29,6 +29,19 @@ def _temperature(text: str) -> float | str:
     return value
 
 
+def _alpha(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass the trained weights' share, 0 < alpha <= 1 (1: no "
+                                         "averaging), or 'auto'")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus.jsonl or a BEIR folder")
     p.add_argument("--out", required=True, help="run folder (model, lists, gate report, ONNX export)")
@@ -71,6 +84,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--document-model", default=None, metavar="DIR",
                    help="the export that embedded your index's documents; the trained query encoder is paired "
                         "with it and queries that index without re-embedding (not with --full-fine-tune)")
+    p.add_argument("--merge-alpha", type=_alpha, default="auto",
+                   help="average the trained weights with the base's: alpha * trained + (1 - alpha) * base "
+                        "(WiSE-FT). auto (default): 0.5 when every training query is synthetic (adapt), else 1 "
+                        "(no averaging); the trained weights stay in OUT/student.trained")
     p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--eval-max-docs", type=int, default=2000, help="dev corpus size for the gate (0: all)")
@@ -105,7 +122,7 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
         dev_size=args.dev_size, mining=mining, teacher_max_seq_length=args.teacher_max_seq_length, train=train, eval_max_docs=args.eval_max_docs or None,
         export=not args.no_export, quantize=args.quantize, index_prefix=args.index_prefix,
         show_progress=not args.no_progress, seed=args.seed, document_model=args.document_model,
-        gate_confidence=args.gate_confidence,
+        gate_confidence=args.gate_confidence, merge_alpha=args.merge_alpha,
     )
     summary = run_distill(cfg)
     if args.json:
@@ -118,6 +135,10 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
     print(f"queries: {summary['train_queries']} train ({summary['synthetic_queries']} synthetic{cloze}, "
           f"{summary['ungrounded_dropped']} ungrounded dropped), {summary['dev_queries']} dev ({summary['dev_origin']})")
     print(f"trained {summary['train']['steps']} steps in {summary['train']['seconds']} s -> {args.out}/student")
+    alpha = summary["weight_averaging"]["alpha"]
+    if alpha < 1.0:
+        print(f"weights: {alpha:g} x trained + {1 - alpha:g} x base (WiSE-FT; trained weights in "
+              f"{summary['weight_averaging']['trained_weights']})")
     print(f"gate: {gate['reason']}")
     if summary.get("caveat"):
         print(f"caveat: {summary['caveat']}")

@@ -48,7 +48,7 @@ from esdistill.export.queries import (
 )
 from esdistill.export.score_cache import ScoreCache
 from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cache
-from esdistill.export.train import StudentEncoder, TrainConfig, load_student, train_student
+from esdistill.export.train import StudentEncoder, TrainConfig, average_with_base, load_student, train_student
 from esdistill.plugin._errors import ConfigError
 
 __all__ = ["AUTO_TEACHERS", "CUT_DOCUMENTS", "DistillConfig", "run_distill", "training_corpus"]
@@ -108,6 +108,12 @@ class DistillConfig:
         document_model: with query-side-only training, the export that embedded your index's
             documents (the base student's export): the trained query encoder is paired with it
             and can query that index without re-embedding it.
+        merge_alpha: average the trained student's weights with its base's (WiSE-FT, Wortsman et
+            al. 2022): ``alpha * trained + (1 - alpha) * base``, before the gate. ``"auto"``: 0.5
+            (the paper's default mix) when every training query is synthetic, since the student is
+            then served on queries unlike any it was trained on; 1.0 (the trained weights as they
+            are) when real queries were trained on. The trained weights are kept in
+            ``student.trained/``.
     """
 
     corpus: str | os.PathLike[str]
@@ -138,6 +144,7 @@ class DistillConfig:
     mask_train_source: bool = True
     teacher_confidence: float = 0.9
     gate_confidence: float = 0.9
+    merge_alpha: float | str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -157,6 +164,10 @@ class DistillConfig:
             problems.append(f"gate_confidence={self.gate_confidence} (need 0 <= c < 1; 0 turns it off)")
         if self.quantize not in ("int8", "none"):
             problems.append(f"quantize={self.quantize!r} (int8 or none)")
+        if self.merge_alpha != "auto" and not (isinstance(self.merge_alpha, (int, float))
+                                               and 0.0 < self.merge_alpha <= 1.0):
+            problems.append(f"merge_alpha={self.merge_alpha!r} (the trained weights' share, 0 < a <= 1 "
+                            "(1: no averaging), or 'auto')")
         if self.document_model is not None and not self.train.query_side_only:
             problems.append("--document-model pairs a query-side-only student with an index: drop --full-fine-tune")
         if problems:
@@ -181,6 +192,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 CUT_DOCUMENTS = "documents.cut.jsonl"
+#: where a run keeps the trained weights when the student is their average with the base's
+MERGED_FROM = "student.trained"
 
 
 def training_corpus(run_dir: str | os.PathLike[str], corpus: Mapping[str, Doc]) -> dict[str, Doc]:
@@ -407,6 +420,22 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     result = train_student(lists, train_view, student=cfg.student, out_dir=out, config=cfg.train,
                            evaluator=evaluator, frozen_doc_vectors=frozen)
     timings["train"] = time.time() - t
+    t = time.time()
+    alpha = float(cfg.merge_alpha) if cfg.merge_alpha != "auto" else (0.5 if not given else 1.0)
+    if alpha < 1.0:
+        # keep the trained weights; the averaged model takes the student's place (gate, export)
+        kept = out / MERGED_FROM
+        if kept.exists():
+            shutil.rmtree(kept)
+        result.model_dir.rename(kept)
+        average_with_base(kept, cfg.student, result.model_dir, alpha=alpha, max_seq_length=cfg.train.max_seq_length)
+    summary["weight_averaging"] = {
+        "alpha": alpha, "trained_weights": str(out / MERGED_FROM) if alpha < 1.0 else str(result.model_dir),
+        "why": (f"--merge-alpha {cfg.merge_alpha}" if cfg.merge_alpha != "auto" else
+                "every training query is synthetic: the trained weights are averaged with the base's (WiSE-FT) so "
+                "that real queries, unlike any trained on, keep much of the base's behaviour" if alpha < 1.0 else
+                "real queries were trained on: the trained weights are used as they are")}
+    timings["merge"] = time.time() - t
     t = time.time()
     trained_q = load_student(result.model_dir, max_seq_length=cfg.train.max_seq_length)
     if cfg.train.query_side_only:

@@ -9,7 +9,10 @@ Plain torch over a ``SentenceTransformer`` (so the result saves and exports like
   **resume** from the latest one;
 * a **progress bar** with the running loss and the last dev metric;
 * **query-side-only adaptation**: the document tower is a frozen copy of the base student, so an
-  existing index needs no re-embedding; only the query encoder learns.
+  existing index needs no re-embedding; only the query encoder learns;
+* **weight averaging with the base** (:func:`average_with_base`, WiSE-FT): the trained weights
+  interpolated with the base's, which keeps what the base knows about queries unlike the training
+  ones (used by the pipeline when every training query is synthetic).
 
 Teacher scores come from the candidate lists (computed and cached before training); the loss is
 any :class:`~esdistill.export.losses.DistillLoss`.
@@ -44,7 +47,8 @@ from esdistill.export.teachers import normalize_scores
 from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.models import resolve_model
 
-__all__ = ["AUTO_TEMPERATURE_RANGE", "StudentEncoder", "TrainConfig", "TrainResult", "load_student", "train_student"]
+__all__ = ["AUTO_TEMPERATURE_RANGE", "StudentEncoder", "TrainConfig", "TrainResult", "average_with_base", "load_student",
+           "train_student"]
 
 logger = logging.getLogger(__name__)
 _NORMS = ("zscore", "minmax", "rank", "none")
@@ -205,6 +209,47 @@ def load_student(ref: str | os.PathLike[str], *, max_seq_length: int = 256) -> A
     model = st.SentenceTransformer(os.fspath(resolve_model(ref)), device="cpu")
     model.max_seq_length = max_seq_length
     return model
+
+
+def average_with_base(trained: str | os.PathLike[str], base: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                      alpha: float, max_seq_length: int = 256) -> Path:
+    """Weight-space ensemble of a trained student and its base (WiSE-FT, Wortsman et al. 2022):
+    every floating-point weight becomes ``alpha * trained + (1 - alpha) * base``.
+
+    Fine-tuning on one distribution of inputs (here: synthetic queries) can cost accuracy on
+    another (the users' real queries); the interpolated model keeps most of the gain on the first
+    and much of the base's behaviour on the second. ``alpha=1`` is the trained model, ``0`` the base.
+
+    Args:
+        trained: the trained student's folder.
+        base: the base it was trained from (folder or packaged name).
+        out_dir: where the averaged model is saved (replaced if it exists; may not be ``trained``).
+        alpha: the trained model's weight, in ``(0, 1]``.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ConfigError: ``alpha`` out of range, ``out_dir`` is ``trained``, or the two models do not
+            have the same weights (a student trained from another base).
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha}: the trained model's weight must be in (0, 1] (1: no averaging)")
+    out = Path(out_dir)
+    if out.resolve() == Path(trained).resolve():
+        raise ConfigError(f"average_with_base: out_dir {out} is the trained model's folder; write elsewhere")
+    model = load_student(trained, max_seq_length=max_seq_length)
+    t, b = model.state_dict(), load_student(base, max_seq_length=max_seq_length).state_dict()
+    bad = sorted(set(t) ^ set(b)) or sorted(k for k in t if t[k].shape != b[k].shape)
+    if bad:
+        raise ConfigError(f"{trained} and {base} do not have the same weights (e.g. {bad[:3]}): average a student "
+                          "only with the base it was trained from")
+    model.load_state_dict({k: alpha * v + (1.0 - alpha) * b[k] if v.is_floating_point() else v
+                           for k, v in t.items()})
+    if out.exists():
+        shutil.rmtree(out)
+    model.save(str(out))
+    return out
 
 
 def _seed_all(seed: int) -> None:

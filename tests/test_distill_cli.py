@@ -65,6 +65,17 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert gate["promoted"] == (gate["trained"] >= gate["base"] and gate["p_better"] >= gate["confidence"])
     assert gate["promoted"], gate["reason"]  # the tiny random student learns from BM25-grade teachers
     assert "real queries" in summary["caveat"]  # promoted on pseudo-dev only: the user is told to check
+    # every training query is synthetic: the promoted student is the midpoint of the trained
+    # weights (kept in student.trained/) and the base's (WiSE-FT)
+    import torch
+    from esdistill.export.train import load_student
+
+    assert summary["weight_averaging"]["alpha"] == 0.5 and "synthetic" in summary["weight_averaging"]["why"]
+    trained, base, served = (load_student(p, max_seq_length=64).state_dict()
+                             for p in (run / "student.trained", tiny_bi_encoder, run / "student"))
+    assert any(not torch.equal(trained[k], base[k]) for k in trained)
+    for k in served:
+        torch.testing.assert_close(served[k], (trained[k] + base[k]) / 2 if base[k].is_floating_point() else base[k])
     manifest = Manifest.load(run / "onnx")
     assert manifest.quantization.startswith("int8") and summary["export"]["passed"]
     assert (run / "lists.train.jsonl").is_file() and (run / "queries.synthetic.jsonl").is_file()
@@ -107,6 +118,8 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
     assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]  # the default
     assert summary["train"]["document_model"] == str(tiny_bi_encoder)
     assert not (out / "onnx").exists()
+    # real queries were trained on: the trained weights are served as they are
+    assert summary["weight_averaging"]["alpha"] == 1.0 and not (out / "student.trained").exists()
 
 
 def test_adapt_cli_reports_its_choices_in_words(es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder,
@@ -122,6 +135,7 @@ def test_adapt_cli_reports_its_choices_in_words(es_client, es_url, index_prefix,
     assert code == (0 if run["gate"]["promoted"] else 8)
     assert f"{run['masked_train_queries']} as inverse cloze" in text and run["masked_train_queries"] > 0
     assert "teacher: bm25" in text and f"gate: {run['gate']['reason']}" in text
+    assert f"weights: 0.5 x trained + 0.5 x base (WiSE-FT; trained weights in {out / 'student.trained'})" in text
 
 
 def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
@@ -190,3 +204,11 @@ def test_bad_settings_are_refused(tmp_path):
         DistillConfig(corpus=tmp_path, out=tmp_path, synthetic=0)
     with pytest.raises(ConfigError, match="gate_confidence"):
         DistillConfig(corpus=tmp_path, out=tmp_path, gate_confidence=1.0)
+    for alpha in (0.0, 1.5, "half"):
+        with pytest.raises(ConfigError, match="merge_alpha"):
+            DistillConfig(corpus=tmp_path, out=tmp_path, merge_alpha=alpha)
+    from esdistill.plugin.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["adapt", "--corpus", "c", "--out", "o", "--merge-alpha", "0"])
+    assert build_parser().parse_args(["adapt", "--corpus", "c", "--out", "o", "--merge-alpha", "1"]).merge_alpha == 1.0

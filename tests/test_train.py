@@ -16,7 +16,14 @@ from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_ga
 from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools
 from esdistill.export.queries import RuleBasedGenerator, generate_queries
 from esdistill.export.teachers import BiEncoderTeacher, BM25Teacher
-from esdistill.export.train import StudentEncoder, TrainConfig, boost_positives, load_student, train_student
+from esdistill.export.train import (
+    StudentEncoder,
+    TrainConfig,
+    average_with_base,
+    boost_positives,
+    load_student,
+    train_student,
+)
 from esdistill.plugin._errors import ConfigError
 
 FAST = {
@@ -96,6 +103,44 @@ def test_gate_refuses_a_deliberately_bad_run(lists, corpus, pseudo_dev, tiny_bi_
     gate = promotion_gate(ev, base=_enc(good.model_dir), trained=_enc(bad.model_dir))
     assert not gate.promoted and gate.delta < 0, gate.reason
     assert "REFUSED" in gate.reason
+
+
+def test_weight_averaging_interpolates_every_weight_with_the_base(lists, corpus, tiny_bi_encoder, tmp_path):
+    trained = train_student(lists, corpus, student=tiny_bi_encoder, out_dir=tmp_path / "run",
+                            config=TrainConfig(**{**FAST, "epochs": 1}))
+    half = average_with_base(trained.model_dir, tiny_bi_encoder, tmp_path / "half", alpha=0.5, max_seq_length=64)
+    whole = average_with_base(trained.model_dir, tiny_bi_encoder, tmp_path / "whole", alpha=1.0, max_seq_length=64)
+    t = load_student(trained.model_dir, max_seq_length=64).state_dict()
+    b = load_student(tiny_bi_encoder, max_seq_length=64).state_dict()
+    h = load_student(half, max_seq_length=64).state_dict()
+    moved = [k for k in t if t[k].is_floating_point() and not torch.equal(t[k], b[k])]
+    assert moved  # training changed weights, so the midpoint is a third model
+    for k in t:
+        expected = (t[k] + b[k]) / 2 if t[k].is_floating_point() else t[k]
+        torch.testing.assert_close(h[k], expected)
+    text = [corpus["d01"].full]
+    np.testing.assert_allclose(_enc(whole).encode_documents(text), _enc(trained.model_dir).encode_documents(text),
+                               atol=1e-6)
+    mid = _enc(half).encode_documents(text)
+    assert not np.allclose(mid, _enc(trained.model_dir).encode_documents(text), atol=1e-4)
+    assert not np.allclose(mid, _enc(tiny_bi_encoder).encode_documents(text), atol=1e-4)
+
+
+def test_weight_averaging_refuses_bad_settings(tiny_bi_encoder, tmp_path):
+    for alpha in (0.0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+            average_with_base(tiny_bi_encoder, tiny_bi_encoder, tmp_path / "x", alpha=alpha)
+    with pytest.raises(ConfigError, match="write elsewhere"):
+        average_with_base(tiny_bi_encoder, tiny_bi_encoder, tiny_bi_encoder, alpha=0.5)
+    # a student from another base (here: one more layer) cannot be averaged with this one
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+
+    base = load_student(tiny_bi_encoder)
+    dim = base.get_embedding_dimension()
+    SentenceTransformer(modules=[*base, modules.Dense(dim, dim)], device="cpu").save(str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match="the base it was trained from"):
+        average_with_base(tmp_path / "other", tiny_bi_encoder, tmp_path / "y", alpha=0.5)
 
 
 class _Fixed:

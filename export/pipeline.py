@@ -435,6 +435,9 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
                 "every training query is synthetic: the trained weights are averaged with the base's (WiSE-FT) so "
                 "that real queries, unlike any trained on, keep much of the base's behaviour" if alpha < 1.0 else
                 "real queries were trained on: the trained weights are used as they are")}
+    dev_scores = [h["dev"] for h in result.history if "dev" in h]
+    if alpha < 1.0 and dev_scores:
+        summary["weight_averaging"]["trained_weights_dev"] = dev_scores[-1]  # the gate scores the average
     timings["merge"] = time.time() - t
     t = time.time()
     trained_q = load_student(result.model_dir, max_seq_length=cfg.train.max_seq_length)

@@ -17,29 +17,25 @@ import json
 __all__ = ["register"]
 
 
-def _temperature(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a temperature: pass a number > 0 or 'auto'")
-    return value
+def _number_or_auto(valid, wanted: str):
+    """An argparse type: ``auto``, or a number for which ``valid`` holds (else ``wanted`` says what to pass)."""
+
+    def parse(text: str) -> float | str:
+        if text == "auto":
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: pass {wanted}, or 'auto'")
+        return value
+
+    return parse
 
 
-def _alpha(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass the trained weights' share, 0 < alpha <= 1 (1: no "
-                                         "averaging), or 'auto'")
-    return value
+_temperature = _number_or_auto(lambda v: v > 0, "a temperature > 0")
+_alpha = _number_or_auto(lambda v: 0.0 < v <= 1.0, "the trained weights' share, 0 < alpha <= 1 (1: no averaging)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

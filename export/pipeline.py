@@ -3,11 +3,12 @@
 ``distill``: queries (given, with or without qrels, and/or synthetic) -> BM25 + dense candidate
 pools -> teacher scores (cached) -> training -> promotion gate -> int8 ONNX export.
 ``adapt``: the same with no labels at all: synthetic queries from the corpus, the teacher chosen on
-a pseudo-dev set (held-out synthetic queries whose source document is relevant), and the gate on
-that pseudo-dev set.
+a pseudo-dev set (held-out synthetic queries whose source document is relevant), the trained
+weights averaged with the base's (WiSE-FT, ``merge_alpha``), and the gate on that pseudo-dev set.
 
 Everything lands in the run folder: ``queries.synthetic.jsonl``, ``lists.train.jsonl``,
-``teacher_selection.json``, ``student/`` (the trained model), ``gate.json``, ``onnx/`` (the served
+``teacher_selection.json``, ``student/`` (the student the gate scores), ``student.trained/`` (the
+trained weights, when averaged), ``gate.json``, ``onnx/`` (the served
 export, only when the gate promoted the student) and ``run.json`` (a summary).
 
 Example::

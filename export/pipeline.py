@@ -422,7 +422,14 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
                            evaluator=evaluator, frozen_doc_vectors=frozen)
     timings["train"] = time.time() - t
     t = time.time()
-    alpha = float(cfg.merge_alpha) if cfg.merge_alpha != "auto" else (0.5 if not given else 1.0)
+    if cfg.merge_alpha != "auto":
+        alpha, why = float(cfg.merge_alpha), f"--merge-alpha {cfg.merge_alpha}"
+    elif not given:
+        alpha, why = 0.5, ("every training query is synthetic: the trained weights are averaged with the base's "
+                           "(WiSE-FT) so that real queries, unlike any trained on, keep much of the base's behaviour")
+    else:
+        alpha, why = 1.0, "real queries were trained on: the trained weights are used as they are"
+    averaging: dict[str, Any] = {"alpha": alpha, "trained_weights": str(result.model_dir), "why": why}
     if alpha < 1.0:
         # keep the trained weights; the averaged model takes the student's place (gate, export)
         kept = out / MERGED_FROM
@@ -430,15 +437,11 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             shutil.rmtree(kept)
         result.model_dir.rename(kept)
         average_with_base(kept, cfg.student, result.model_dir, alpha=alpha, max_seq_length=cfg.train.max_seq_length)
-    summary["weight_averaging"] = {
-        "alpha": alpha, "trained_weights": str(out / MERGED_FROM) if alpha < 1.0 else str(result.model_dir),
-        "why": (f"--merge-alpha {cfg.merge_alpha}" if cfg.merge_alpha != "auto" else
-                "every training query is synthetic: the trained weights are averaged with the base's (WiSE-FT) so "
-                "that real queries, unlike any trained on, keep much of the base's behaviour" if alpha < 1.0 else
-                "real queries were trained on: the trained weights are used as they are")}
-    dev_scores = [h["dev"] for h in result.history if "dev" in h]
-    if alpha < 1.0 and dev_scores:
-        summary["weight_averaging"]["trained_weights_dev"] = dev_scores[-1]  # the gate scores the average
+        averaging["trained_weights"] = str(kept)
+        dev_scores = [h["dev"] for h in result.history if "dev" in h]
+        if dev_scores:
+            averaging["trained_weights_dev"] = dev_scores[-1]  # the gate scores the average
+    summary["weight_averaging"] = averaging
     timings["merge"] = time.time() - t
     t = time.time()
     trained_q = load_student(result.model_dir, max_seq_length=cfg.train.max_seq_length)

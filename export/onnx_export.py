@@ -54,7 +54,7 @@ from esdistill.export.parity import (
 )
 from esdistill.export.quantize import QuantizationSettings, optimize_graph, quantize_guarded
 from esdistill.plugin._errors import ConfigError, ModelError, ParityError
-from esdistill.plugin.manifest import MANIFEST_NAME, TOKENIZER_FILES, Manifest, compute_fingerprint
+from esdistill.plugin.manifest import MANIFEST_NAME, TOKENIZER_FILES, Manifest
 from esdistill.plugin.models import resolve_model, sha256_file
 
 __all__ = ["QUANTIZE_CHOICES", "ExportResult", "export_model"]
@@ -270,7 +270,7 @@ def export_model(
                                   f"{manifest.dims}: a query encoder must match its document model")
             manifest.document_fingerprint = paired.fingerprint
             manifest.extra["document_model"] = {"name": paired.name, "folder": str(document_model)}
-        manifest.save(final_dir)
+        manifest = manifest.seal(final_dir)  # the pairing is part of the seal
         (final_dir / PARITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
         _install(final_dir, out)
     logger.info("exported %s to %s (%s, fingerprint %s) in %.1f s", source.name, out, manifest.quantization,
@@ -455,7 +455,7 @@ def _write_manifest(folder: Path, source: _Source, onnx_file: str, tok_files: li
         kind=source.kind,
         onnx_file=onnx_file,
         files=files,
-        fingerprint=compute_fingerprint(folder, files),
+        fingerprint="",  # set by seal(): the files and the fields that change the vectors
         dims=source.dims,
         max_seq_length=source.max_seq_length,
         pooling=source.pooling,
@@ -473,8 +473,7 @@ def _write_manifest(folder: Path, source: _Source, onnx_file: str, tok_files: li
         libraries=libraries,
         extra=dict(extra),
     )
-    manifest.save(folder)
-    return manifest
+    return manifest.seal(folder)
 
 
 # ------------------------------------------------------------------------------------------ int8

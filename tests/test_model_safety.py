@@ -2,9 +2,12 @@
 those files made, and never executes code that comes with a model folder.
 
 1. A folder whose files do not match the manifest's fingerprint (one byte of the ONNX graph or the
-   tokenizer changed, a listed file gone, the manifest's fingerprint edited) is refused by every
-   loader: the encoder, the cross-encoder, ``load_reranker``, the query hook, the service, and the
-   CLI (exit code 3).
+   tokenizer changed, a listed file gone) or whose ``manifest.json`` was edited after export (the
+   fingerprint, or any field that changes the vectors: ``max_seq_length``, ``pooling``, a prefix,
+   ``lowercase``, ``normalize``, ``similarity``, ``dims``, ...) is refused by every loader: the
+   encoder, the cross-encoder, ``load_reranker``, the query hook, the service, and the CLI (exit
+   code 3). The informational fields (``name``, ``source_model``, ``extra``...) may be edited.
+   A folder from before the seal (``format_version`` 1) loads with one warning.
 2. A model whose fingerprint or dims differ from the index's is refused before anything is
    embedded or searched: the ingest hook, the query hook, ``esdistill ingest`` and ``search``.
 3. Nothing in a model folder is executed: Python files, pickles (``pytorch_model.bin``, ``*.pkl``)
@@ -31,7 +34,7 @@ from esdistill.plugin.cross_encoder import OnnxCrossEncoder
 from esdistill.plugin.encoder import OnnxEncoder
 from esdistill.plugin.index import IndexManager, IndexSpec
 from esdistill.plugin.ingest import IngestHook
-from esdistill.plugin.manifest import MANIFEST_NAME, Manifest, compute_fingerprint
+from esdistill.plugin.manifest import MANIFEST_NAME, Manifest
 from esdistill.plugin.query import QueryHook
 from esdistill.plugin.rerank import load_reranker
 from esdt_helpers import TINY_COLLECTION, free_port
@@ -86,16 +89,21 @@ def _tamper(folder: Path, how: str) -> None:
     elif how == "manifest-fingerprint":
         manifest["fingerprint"] = "0" * 64
         (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    elif how == "manifest-field":
+        manifest["max_seq_length"] = 8
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     else:  # pragma: no cover
         raise AssertionError(how)
 
 
-TAMPERINGS = ["onnx-byte", "tokenizer", "missing-file", "manifest-fingerprint"]
+TAMPERINGS = ["onnx-byte", "tokenizer", "missing-file", "manifest-fingerprint", "manifest-field"]
 
 
 def _expected_error(how: str) -> tuple[type[Exception], str]:
     if how == "missing-file":
         return ModelError, "lacks vocab.txt"
+    if how.startswith("manifest-"):
+        return FingerprintError, "was edited after export"
     return FingerprintError, "do not match its manifest"
 
 
@@ -118,7 +126,7 @@ def test_tampered_student_is_refused_by_every_loader(how, student, tmp_path, es_
     assert out.returncode == 3 and match in out.stderr, out.stderr
 
 
-@pytest.mark.parametrize("how", ["onnx-byte", "tokenizer", "manifest-fingerprint"])
+@pytest.mark.parametrize("how", ["onnx-byte", "tokenizer", "manifest-fingerprint", "manifest-field"])
 def test_tampered_cross_encoder_is_refused(how, teacher, tmp_path):
     folder = _copy(teacher, tmp_path / "teacher")
     _tamper(folder, how)
@@ -243,9 +251,8 @@ def test_a_manifest_pointing_at_a_pickle_is_refused_without_unpickling_it(studen
     (folder / "model.pkl").write_bytes(pickle.dumps(_Plant(marker)))
     manifest = Manifest.load(folder)
     files = [f if f != manifest.onnx_file else "model.pkl" for f in manifest.files]
-    forged = dataclasses.replace(manifest, onnx_file="model.pkl", files=files,
-                                 fingerprint=compute_fingerprint(folder, files))
-    forged.save(folder)  # a self-consistent manifest: the fingerprint check passes
+    forged = dataclasses.replace(manifest, onnx_file="model.pkl", files=files)
+    forged.seal(folder)  # a self-consistent manifest: the seal and the fingerprint check pass
     with pytest.raises(ModelError, match="onnxruntime cannot load"):
         OnnxEncoder(folder)
     with pytest.raises(ModelError, match="onnxruntime cannot load"):

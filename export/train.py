@@ -5,8 +5,9 @@ Plain torch over a ``SentenceTransformer`` (so the result saves and exports like
 * **length-bucketed batches**: lists are sorted by text length, cut into batches of ``batch_size``
   queries and the batches shuffled (less padding, same randomness per epoch);
 * **gradient accumulation**, linear warm-up and decay, gradient clipping;
-* **checkpoints** every ``checkpoint_steps`` (model, optimiser, scheduler, position) and
-  **resume** from the latest one;
+* **checkpoints** every ``checkpoint_steps`` (model, optimiser, scheduler, position, and a
+  fingerprint of what is trained) and **resume** from the latest one when its fingerprint matches
+  (other checkpoints are deleted and training starts again from the base);
 * a **progress bar** with the running loss and the last dev metric;
 * **query-side-only adaptation**: the document tower is a frozen copy of the base student, so an
   existing index needs no re-embedding; only the query encoder learns;
@@ -26,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -48,7 +50,7 @@ from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.models import resolve_model
 
 __all__ = ["AUTO_TEMPERATURE_RANGE", "StudentEncoder", "TrainConfig", "TrainResult", "average_with_base", "load_student",
-           "train_student"]
+           "train_student", "training_fingerprint"]
 
 logger = logging.getLogger(__name__)
 _NORMS = ("zscore", "minmax", "rank", "none")
@@ -153,6 +155,10 @@ class TrainResult:
         history: ``{"step", "loss", "dev"}`` rows.
         seconds: wall time of this run.
         teacher_temperature: the teacher temperature used (the matched one with ``"auto"``).
+        fingerprint: the digest of what was trained (see :func:`training_fingerprint`).
+        resumed_from_step: the checkpoint's step this run continued from (``None``: from the base).
+        restarted: why existing checkpoints were deleted instead of resumed (``None``: there were
+            none, or they were resumed).
     """
 
     model_dir: Path
@@ -161,6 +167,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     teacher_temperature: float | None = None
+    fingerprint: str | None = None
+    resumed_from_step: int | None = None
+    restarted: str | None = None
 
 
 class StudentEncoder:
@@ -336,6 +345,95 @@ def _checkpoints(out_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("-")[1]))
 
 
+#: settings that say how far to train, how to report or where to save, not what is learnt: a run
+#: that differs from a checkpoint only in these continues from it
+_BUDGET_FIELDS = frozenset({"epochs", "max_steps", "checkpoint_steps", "keep_checkpoints", "eval_steps",
+                            "show_progress"})
+FINGERPRINT_NAME = "fingerprint.json"
+
+
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def training_fingerprint(cfg: TrainConfig, lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *,
+                         base_student: str, base_weights: str) -> dict[str, Any]:
+    """What a checkpoint was trained from: the settings that shape the weights, the lists (queries,
+    candidates, teacher scores, positives), the listed documents' text and the base student.
+
+    A checkpoint is resumed only when the run's fingerprint equals the one stored with it.
+
+    Args:
+        cfg: the training settings (the budget fields, :data:`_BUDGET_FIELDS`, are left out).
+        lists: the lists trained on, in order.
+        corpus: the documents they list.
+        base_student: the base student's resolved path (shown in messages).
+        base_weights: a digest of the base student's weights (see :func:`_weights_digest`).
+
+    Returns:
+        ``{"fingerprint": digest, "config": ..., "base_student": ..., "base_weights": ..., "lists": ...,
+        "documents": ..., "n_lists": ...}``; ``fingerprint`` digests every other value except
+        ``base_student`` (a moved folder with the same weights is the same base).
+    """
+    config = {k: v for k, v in asdict(cfg).items() if k not in _BUDGET_FIELDS}
+    rows = [[c.query_id, c.query, list(c.doc_ids), [float(x) for x in c.teacher_scores], list(c.positives),
+             list(c.false_negatives)] for c in lists]
+    ids = sorted({d for c in lists for d in c.doc_ids})
+    parts = {"config": config, "base_weights": base_weights, "lists": _sha256(rows),
+             "documents": _sha256([[d, corpus[d].full] for d in ids]), "n_lists": len(lists)}
+    return {"fingerprint": _sha256(parts), "base_student": base_student, **parts}
+
+
+def _weights_digest(model: Any) -> str:
+    """A digest of a model's weights (names, shapes, dtypes and values)."""
+    torch = require("torch")
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between two fingerprints, in words."""
+    out = []
+    old_cfg, new_cfg = stored.get("config") or {}, current["config"]
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key) != new_cfg.get(key):
+            out.append(f"{key} {old_cfg.get(key)!r} -> {new_cfg.get(key)!r}")
+    if stored.get("base_weights") != current["base_weights"]:
+        out.append(f"base student {stored.get('base_student')} -> {current['base_student']}")
+    if stored.get("lists") != current["lists"]:
+        out.append(f"candidate lists ({stored.get('n_lists')} -> {current['n_lists']}; queries, candidates or "
+                   "teacher scores changed)")
+    if stored.get("documents") != current["documents"]:
+        out.append("the listed documents' text")
+    return out or ["fingerprint"]
+
+
+def _resume_point(out: Path, fingerprint: Mapping[str, Any], total_steps: int) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from (or ``None``), and why the existing ones cannot be used (or ``None``).
+
+    Only the newest checkpoint is considered: it must carry this run's fingerprint and must not be
+    past this run's last step.
+    """
+    ckpts = _checkpoints(out)
+    if not ckpts:
+        return None, None
+    latest = ckpts[-1]
+    try:
+        stored = json.loads((latest / FINGERPRINT_NAME).read_text())
+    except (OSError, ValueError):
+        return None, f"{latest.name} has no readable {FINGERPRINT_NAME} (written by an older esdistill)"
+    if stored.get("fingerprint") != fingerprint["fingerprint"]:
+        return None, f"{latest.name} was trained with other inputs: " + "; ".join(_differences(stored, fingerprint))
+    step = int(latest.name.split("-")[1])
+    if step > total_steps:
+        return None, f"{latest.name} is past this run's last step ({total_steps})"
+    return latest, None
+
+
 def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, student: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], config: TrainConfig | None = None,
                   evaluator: Callable[[StudentEncoder], float] | None = None, resume: bool = True,
@@ -350,7 +448,11 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
             ``out_dir/checkpoints``, the history to ``out_dir/train_history.json``.
         config: training settings.
         evaluator: called with a :class:`StudentEncoder` on the dev set; returns the dev metric.
-        resume: continue from the latest checkpoint in ``out_dir`` when there is one.
+        resume: continue from the latest checkpoint in ``out_dir`` when it was made from the same
+            inputs: the same settings (the budget, ``epochs`` and ``max_steps``, may grow), lists,
+            documents and base student (see :func:`training_fingerprint`). Checkpoints made from other
+            inputs, or past this run's last step, are deleted with a warning and training starts from
+            the base (:attr:`TrainResult.restarted` says why); ``False`` deletes them too.
         frozen_doc_vectors: base-student document vectors already computed (``{doc_id: vector}``):
             the frozen document tower with ``query_side_only``, and the base's scores for
             ``teacher_temperature="auto"`` in either mode; missing ones are computed.
@@ -377,6 +479,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     _seed_all(cfg.seed)
     base_ref = os.fspath(resolve_model(student))
     model = load_student(base_ref, max_seq_length=cfg.max_seq_length)
+    fingerprint = training_fingerprint(cfg, lists, corpus, base_student=base_ref, base_weights=_weights_digest(model))
     if cfg.gradient_checkpointing:
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing",
@@ -418,20 +521,29 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule)
     step, start_epoch, skip = 0, 0, 0
     history: list[dict[str, float]] = []
-    ckpts = _checkpoints(out) if resume else []
-    if ckpts:
-        state = torch.load(ckpts[-1] / "state.pt", weights_only=True)  # tensors and plain data only: never unpickle code
+    start, stale = _resume_point(out, fingerprint, total_steps) if resume else (None, None)
+    if not resume and _checkpoints(out):
+        stale = "resume=False"
+    if stale:
+        # never let checkpoints of another run win later: a fresh run starts from an empty folder
+        logger.warning("not resuming from %s: %s; training from scratch (the old checkpoints are deleted)",
+                       out / "checkpoints", stale)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if start is not None:
+        state = torch.load(start / "state.pt", weights_only=True)  # tensors and plain data only: never unpickle code
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         step, start_epoch, skip, history = state["step"], state["epoch"], state["batch"], state["history"]
-        logger.info("resumed from %s (step %d)", ckpts[-1], step)
+        logger.info("resumed from %s (step %d)", start, step)
+    resumed_step = step if start is not None else None
 
     def save_checkpoint(epoch: int, batch: int) -> None:
         path = out / "checkpoints" / f"step-{step}"
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
                     "step": step, "epoch": epoch, "batch": batch, "history": history}, path / "state.pt")
+        (path / FINGERPRINT_NAME).write_text(json.dumps(fingerprint, indent=2, default=str) + "\n")
         for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -530,9 +642,12 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     model.save(str(model_dir))
     seconds = time.time() - started
     doc_ref = base_ref if cfg.query_side_only else str(model_dir)
-    info = {"config": asdict(cfg), "teacher_temperature": float(teacher_temperature), "base_student": base_ref, "document_model": doc_ref, "steps": step,
-            "lists": len(lists), "seconds": round(seconds, 1), "history": history}
+    info = {"config": asdict(cfg), "teacher_temperature": float(teacher_temperature), "base_student": base_ref,
+            "document_model": doc_ref, "steps": step, "lists": len(lists), "seconds": round(seconds, 1),
+            "fingerprint": fingerprint["fingerprint"], "resumed_from_step": resumed_step, "restarted": stale,
+            "history": history}
     (out / "train_history.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("trained %d steps in %.0f s -> %s", step, seconds, model_dir)
     return TrainResult(model_dir=model_dir, document_model=doc_ref, steps=step, history=history, seconds=seconds,
-                       teacher_temperature=float(teacher_temperature))
+                       teacher_temperature=float(teacher_temperature), fingerprint=fingerprint["fingerprint"],
+                       resumed_from_step=resumed_step, restarted=stale)

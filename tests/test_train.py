@@ -195,7 +195,51 @@ def test_checkpoints_resume_where_they_stopped(lists, corpus, tiny_bi_encoder, t
                            config=TrainConfig(**cfg, max_steps=4))
     assert second.steps == 4
     assert [h["step"] for h in second.history] == [1, 2, 3, 4]  # history continued, not restarted
+    assert second.resumed_from_step == 2 and second.restarted is None  # a larger budget continues
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3", "step-4"]
+
+
+def test_a_checkpoint_from_other_inputs_is_never_resumed(lists, corpus, tiny_bi_encoder, tmp_path):
+    """Rerunning into the same folder with another loss, learning rate or teacher (other teacher
+    scores) trains again from the base; only the very same inputs resume."""
+    usable = [c for c in lists if len(c.doc_ids) >= 2][:8]  # two batches of 4
+    cfg = dict(FAST, epochs=1)
+
+    def weights(result):
+        return load_student(result.model_dir, max_seq_length=64).state_dict()
+
+    first = train_student(usable, corpus, student=tiny_bi_encoder, out_dir=tmp_path, config=TrainConfig(**cfg))
+    assert first.steps == 2 and first.resumed_from_step is None and first.restarted is None
+    old = weights(first)
+    # the same inputs: the finished checkpoint is resumed, nothing is trained again
+    same = train_student(usable, corpus, student=tiny_bi_encoder, out_dir=tmp_path, config=TrainConfig(**cfg))
+    assert same.resumed_from_step == 2 and same.restarted is None and same.fingerprint == first.fingerprint
+    assert all(torch.equal(old[k], v) for k, v in weights(same).items())
+    # another learning rate: trained again from the base, and the log/result say why
+    other_lr = train_student(usable, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                             config=TrainConfig(**{**cfg, "lr": 1e-2}))
+    assert other_lr.resumed_from_step is None and other_lr.steps == 2
+    assert "lr 0.002 -> 0.01" in other_lr.restarted and other_lr.fingerprint != first.fingerprint
+    new = weights(other_lr)
+    assert any(not torch.equal(old[k], new[k]) for k in new)
+    assert [h["step"] for h in other_lr.history] == [1, 2]  # a fresh history, not the old one continued
+    # another teacher (the same queries and candidates, other scores): trained again too
+    flipped = [type(c)(**{**c.__dict__, "teacher_scores": [-x for x in c.teacher_scores]}) for c in usable]
+    other_teacher = train_student(flipped, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                                  config=TrainConfig(**{**cfg, "lr": 1e-2}))
+    assert other_teacher.resumed_from_step is None and "candidate lists" in other_teacher.restarted
+    assert any(not torch.equal(new[k], v) for k, v in weights(other_teacher).items())
+    # a checkpoint past this run's last step is not resumed either
+    shorter = train_student(flipped, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                            config=TrainConfig(**{**cfg, "lr": 1e-2}, max_steps=1))
+    assert shorter.steps == 1 and "past this run's last step" in shorter.restarted
+    # a checkpoint without a fingerprint (an older esdistill) is not trusted
+    (tmp_path / "checkpoints" / "step-1" / "fingerprint.json").unlink()
+    again = train_student(flipped, corpus, student=tiny_bi_encoder, out_dir=tmp_path,
+                          config=TrainConfig(**{**cfg, "lr": 1e-2}, max_steps=1))
+    assert again.resumed_from_step is None and "fingerprint.json" in again.restarted
+    history = json.loads((tmp_path / "train_history.json").read_text())
+    assert history["restarted"] == again.restarted and history["fingerprint"] == again.fingerprint
 
 
 def test_query_side_only_keeps_the_document_tower(lists, corpus, pseudo_dev, tiny_bi_encoder, tmp_path):

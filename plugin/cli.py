@@ -45,7 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Turn argparse's prefix matching off in ``parser`` and every sub-parser below it.
+
+    With it on, an option that does not exist but is the prefix of one that does is silently read
+    as that one (``index create --index NAME`` became ``--index-options NAME``); command modules
+    build their own sub-parsers, so the whole tree is walked once it is built.
+    """
+    todo, seen = [parser], set()
+    while todo:
+        p = todo.pop()
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        p.allow_abbrev = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:

@@ -329,9 +329,9 @@ def _distill(name: str, folder: Path, cfg: BenchConfig, client: Any) -> tuple[Pa
 
     labelled = (folder / "qrels" / "train.tsv").is_file()
     mode = "quick" if cfg.quick else "full"
-    # query-side-only by default: about 2 minutes of training for SciFact's 709 queries on 2 cores,
-    # where a full fine-tune takes over an hour per epoch; more epochs are then cheap
-    qso = cfg.train_overrides.get("query_side_only", True)
+    # query-side-only by default (TrainConfig's default): much cheaper than a full fine-tune, so
+    # more epochs are affordable
+    qso = cfg.train_overrides.get("query_side_only", TrainConfig.query_side_only)
     settings = {"epochs": 4 if qso else 1, "lr": 5e-5, "seed": cfg.seed, "query_side_only": qso,
                 **cfg.train_overrides}
     key = _sha(folder.resolve(), cfg.student, cfg.seed, cfg.distill_teacher, sorted(settings.items()))

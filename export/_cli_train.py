@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from esdistill.export.train import TrainConfig
+
+__all__ = ["register", "train_config"]
 
 
 def _number_or_auto(valid, wanted: str):
@@ -39,11 +43,14 @@ _alpha = _number_or_auto(lambda v: 0.0 < v <= 1.0, "the trained weights' share, 
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    # the training options take their defaults from TrainConfig, so the CLI and the Python API agree
+    from esdistill.export.train import TrainConfig as T
+
     p.add_argument("--corpus", required=True, help="corpus.jsonl or a BEIR folder")
     p.add_argument("--out", required=True, help="run folder (model, lists, gate report, ONNX export)")
     p.add_argument("--student", default="minilm", help="base student: folder, packaged name or hub id [minilm]")
-    p.add_argument("--loss", default="kl+0.1*infonce", help="kl, margin-mse, pairwise, infonce, plackett-luce, or "
-                   "a weighted sum [kl+0.1*infonce: listwise KL plus a small contrastive term]")
+    p.add_argument("--loss", default=T.loss, help="kl, margin-mse, pairwise, infonce, plackett-luce, or "
+                   "a weighted sum such as kl+0.1*infonce (listwise KL plus a small contrastive term) [%(default)s]")
     p.add_argument("--synthetic", type=int, default=None,
                    help="synthetic queries to generate (default: 2000 without --queries, else 0; with --queries "
                         "but no --qrels and no dev set, 3 x --dev-size for the gate only)")
@@ -55,28 +62,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "on the dev queries is at least this (0: promote any student that is not worse) [0.9]")
     p.add_argument("--list-size", type=int, default=16, help="candidates per query [16]")
     p.add_argument("--pool-depth", type=int, default=30, help="BM25 and dense depth of the pool [30]")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8, help="queries per batch [8]")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--max-seq-length", type=int, default=256, help="document tokens [256]")
+    p.add_argument("--epochs", type=int, default=T.epochs, help="[%(default)s]")
+    p.add_argument("--batch-size", type=int, default=T.batch_size, help="queries per batch [%(default)s]")
+    p.add_argument("--grad-accum", type=int, default=T.grad_accum, help="[%(default)s]")
+    p.add_argument("--lr", type=float, default=T.lr, help="[%(default)s]")
+    p.add_argument("--max-seq-length", type=int, default=T.max_seq_length, help="document tokens [%(default)s]")
     p.add_argument("--teacher-max-seq-length", type=int, default=256, help="teacher tokens per document [256]")
-    p.add_argument("--teacher-temperature", type=_temperature, default="auto",
-                   help="temperature of the normalised teacher scores, or 'auto' (default): as sharp as the "
-                        "base student's own scores over the same lists")
-    p.add_argument("--student-temperature", type=float, default=0.05)
-    p.add_argument("--positive-boost", type=float, default=1.0,
+    p.add_argument("--teacher-temperature", type=_temperature, default=T.teacher_temperature,
+                   help="temperature of the normalised teacher scores, or 'auto' (as sharp as the base "
+                        "student's own scores over the same lists) [%(default)s]")
+    p.add_argument("--student-temperature", type=float, default=T.student_temperature, help="[%(default)s]")
+    p.add_argument("--positive-boost", type=float, default=T.positive_boost,
                    help="lift known positives this far (z-score units) above the best other candidate in the "
-                        "teacher's target; a negative value turns it off [1.0]")
+                        "teacher's target; a negative value turns it off [%(default)s]")
     side = p.add_mutually_exclusive_group()
-    side.add_argument("--query-side-only", dest="query_side_only", action="store_true", default=True,
-                      help="train the query tower only (the default): documents keep the base student's vectors, "
+    side.add_argument("--query-side-only", dest="query_side_only", action="store_true", default=T.query_side_only,
+                      help="train the query tower only" + (" (the default)" if T.query_side_only else "") + ": documents keep the base student's vectors, "
                            "so an index built with the base needs no re-embedding; the run exports the query "
                            "encoder (onnx/) and, unless --document-model names your index's export, the base as "
                            "its document model (onnx-documents/)")
     side.add_argument("--full-fine-tune", dest="query_side_only", action="store_false",
-                      help="train both towers (re-embed every document afterwards); about 50x the training time "
-                           "of --query-side-only on CPU, with gradient checkpointing to bound memory")
+                      help="train both towers" + ("" if T.query_side_only else " (the default)") + " (re-embed every "
+                           "document afterwards); much slower than --query-side-only, with gradient checkpointing "
+                           "to bound memory")
     p.add_argument("--document-model", default=None, metavar="DIR",
                    help="the export that embedded your index's documents; the trained query encoder is paired "
                         "with it and queries that index without re-embedding (not with --full-fine-tune)")
@@ -84,8 +92,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="average the trained weights with the base's: alpha * trained + (1 - alpha) * base "
                         "(WiSE-FT). auto (default): 0.5 when every training query is synthetic (adapt), else 1 "
                         "(no averaging); the trained weights stay in OUT/student.trained")
-    p.add_argument("--checkpoint-steps", type=int, default=0, help="checkpoint every N steps (0: per epoch)")
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--checkpoint-steps", type=int, default=T.checkpoint_steps,
+                   help="checkpoint every N steps (0: per epoch) [%(default)s]")
+    p.add_argument("--max-steps", type=int, default=T.max_steps, help="stop after N optimiser steps")
     p.add_argument("--eval-max-docs", type=int, default=2000, help="dev corpus size for the gate (0: all)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     p.add_argument("--quantize", choices=("int8", "none"), default="int8")
@@ -95,19 +104,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
-def _run(args: argparse.Namespace, *, adapt: bool) -> int:
-    from esdistill.export.mining import MiningConfig
-    from esdistill.export.pipeline import DistillConfig, run_distill
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~esdistill.export.train.TrainConfig` of parsed ``distill``/``adapt`` arguments
+    (with no training option given, it equals ``TrainConfig()``)."""
     from esdistill.export.train import TrainConfig
 
-    train = TrainConfig(
+    return TrainConfig(
         loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         max_seq_length=args.max_seq_length, teacher_temperature=args.teacher_temperature,
         student_temperature=args.student_temperature, query_side_only=args.query_side_only,
-        positive_boost=args.positive_boost if args.positive_boost >= 0 else None,
+        positive_boost=args.positive_boost if args.positive_boost is not None and args.positive_boost >= 0 else None,
         checkpoint_steps=args.checkpoint_steps, max_steps=args.max_steps, seed=args.seed,
         show_progress=not args.no_progress,
     )
+
+
+def _run(args: argparse.Namespace, *, adapt: bool) -> int:
+    from esdistill.export.mining import MiningConfig
+    from esdistill.export.pipeline import DistillConfig, run_distill
+
+    train = train_config(args)
     mining = MiningConfig(list_size=args.list_size, pool_depth=args.pool_depth,
                           pool_size=max(args.list_size, int(args.pool_depth * 4 / 3)), seed=args.seed)
     cfg = DistillConfig(

@@ -82,7 +82,8 @@ class TrainConfig:
         list_size: truncate lists to this many candidates (``None``: as mined).
         lr / weight_decay / warmup_ratio / max_grad_norm: optimiser settings.
         max_seq_length / max_query_length: token limits for documents and queries.
-        query_side_only: freeze the document tower (a copy of the base) and train queries only.
+        query_side_only: freeze the document tower (a copy of the base) and train queries only (the
+            default, also of the CLI, which reads it from here; ``False`` is ``--full-fine-tune``).
         in_batch_negatives: InfoNCE also contrasts with the other queries' candidates.
         checkpoint_steps: save a checkpoint every N optimiser steps (0: at the end of each epoch).
         keep_checkpoints: how many checkpoints to keep.
@@ -110,7 +111,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_seq_length: int = 256
     max_query_length: int = 64
-    query_side_only: bool = False
+    query_side_only: bool = True
     in_batch_negatives: bool = True
     checkpoint_steps: int = 0
     keep_checkpoints: int = 2

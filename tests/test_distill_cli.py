@@ -18,7 +18,7 @@ from esdistill.plugin.manifest import Manifest
 
 TRAIN = {
     "batch_size": 4, "lr": 2e-3, "epochs": 3, "max_seq_length": 64, "max_query_length": 32,
-    "show_progress": False, "teacher_temperature": 0.5,
+    "show_progress": False, "teacher_temperature": 0.5, "query_side_only": False,  # the tiny student learns fastest
 }
 
 
@@ -149,7 +149,7 @@ def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
     cfg = DistillConfig(
         corpus=tiny_collection, out=tmp_path / "run", student=str(tiny_bi_encoder), teacher="bm25",
         synthetic=200, dev_size=30, mining=MiningConfig(list_size=8, pool_depth=20, pool_size=24),
-        train=TrainConfig(**TRAIN, query_side_only=True), index_prefix=index_prefix + "-tmp-", show_progress=False,
+        train=TrainConfig(**{**TRAIN, "query_side_only": True}), index_prefix=index_prefix + "-tmp-", show_progress=False,
         # this test is about the export pair, so it needs a promoted student: copy-matching lists are
         # what the random tiny student learns fastest on 36 documents
         mask_train_source=False,
@@ -189,12 +189,18 @@ def test_unlabelled_queries_train_alone_and_synthetic_queries_only_gate(
 
 
 def test_full_fine_tune_is_the_opt_in_and_excludes_query_side_only():
+    from esdistill.export._cli_train import train_config
     from esdistill.plugin.cli import build_parser
 
     parser = build_parser()
     base = ["distill", "--corpus", "c", "--out", "o"]
     assert parser.parse_args(base).query_side_only
     assert not parser.parse_args([*base, "--full-fine-tune"]).query_side_only
+    # the Python API and the CLI share every training default (query side only among them)
+    for command in ("distill", "adapt"):
+        assert train_config(parser.parse_args([command, *base[1:]])) == TrainConfig()
+    assert TrainConfig().query_side_only and DistillConfig(corpus="c", out="o").train.query_side_only
+    assert not train_config(parser.parse_args([*base, "--full-fine-tune"])).query_side_only
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--full-fine-tune", "--query-side-only"])
 

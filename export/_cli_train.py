@@ -141,12 +141,18 @@ def _run(args: argparse.Namespace, *, adapt: bool) -> int:
         print(json.dumps(summary, default=str))
         return 0 if summary["gate"]["promoted"] else 8
     gate = summary["gate"]
-    print(f"teacher: {summary['teacher']['chosen']}  (pseudo-dev nDCG@10: "
+    dev = "pseudo-dev" if summary["dev_source"] == "pseudo-dev" else "dev"
+    print(f"teacher: {summary['teacher']['chosen']}  ({dev} nDCG@10: "
           + ", ".join(f"{k} {v:.4f}" for k, v in summary["teacher"]["scores"].items()) + ")")
     cloze = f", {summary['masked_train_queries']} as inverse cloze" if summary.get("masked_train_queries") else ""
     print(f"queries: {summary['train_queries']} train ({summary['synthetic_queries']} synthetic{cloze}, "
           f"{summary['ungrounded_dropped']} ungrounded dropped), {summary['dev_queries']} dev ({summary['dev_origin']})")
-    print(f"trained {summary['train']['steps']} steps in {summary['train']['seconds']} s -> {args.out}/student")
+    run = summary["train"]
+    how = (f" (resumed from the checkpoint of step {run['resumed_from_step']})"
+           if run.get("resumed_from_step") is not None else "")
+    print(f"trained {run['steps']} steps in {run['seconds']} s{how} -> {args.out}/student")
+    if run.get("restarted"):
+        print(f"checkpoints: not resumed ({run['restarted']}); trained from the base student")
     alpha = summary["weight_averaging"]["alpha"]
     if alpha < 1.0:
         print(f"weights: {alpha:g} x trained + {1 - alpha:g} x base (WiSE-FT; trained weights in "

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from esdistill.export.mining import (
     retrieve_pools,
     save_lists,
 )
+from esdistill.export.parity import ParityThresholds
 from esdistill.export.queries import (
     ALL_STYLES,
     filter_grounded,
@@ -50,15 +52,33 @@ from esdistill.export.queries import (
 from esdistill.export.score_cache import ScoreCache
 from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cache
 from esdistill.export.train import StudentEncoder, TrainConfig, average_with_base, load_student, train_student
-from esdistill.plugin._errors import ConfigError
+from esdistill.plugin._errors import ConfigError, ParityError
 
-__all__ = ["AUTO_TEACHERS", "CUT_DOCUMENTS", "DistillConfig", "run_distill", "training_corpus"]
+__all__ = ["AUTO_TEACHERS", "CUT_DOCUMENTS", "DevSource", "DistillConfig", "run_distill", "training_corpus"]
 
 logger = logging.getLogger(__name__)
 
 #: candidates for ``--teacher auto``. Pure BM25 is left out on purpose: synthetic queries are
 #: written from the documents' own words, so BM25 looks better on the pseudo-dev set than it is.
 AUTO_TEACHERS = ("mpnet", "0.75*mpnet+0.25*bm25", "0.5*mpnet+0.5*bm25")
+
+
+class DevSource(str, Enum):
+    """Where a run's dev set (for the teacher choice and the gate) comes from; ``run.json`` records
+    it as ``dev_source``, next to ``dev_origin``, the same in words."""
+
+    #: ``--dev-queries`` / ``--dev-qrels``
+    GIVEN = "given"
+    #: held-out training queries, every one given with its qrels
+    HELD_OUT = "held-out"
+    #: held-out queries with a known relevant document, some or all of them synthetic (their source
+    #: document is the relevant one): a pseudo-dev set
+    PSEUDO = "pseudo-dev"
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether synthetic queries are among the dev queries."""
+        return self is DevSource.PSEUDO
 
 
 @dataclass
@@ -115,6 +135,9 @@ class DistillConfig:
             then served on queries unlike any it was trained on; 1.0 (the trained weights as they
             are) when real queries were trained on. The trained weights are kept in
             ``student.trained/``.
+        parity_thresholds: the limits the promoted student's ONNX export must respect (default
+            :class:`~esdistill.export.parity.ParityThresholds`). An export that breaks one is not
+            written: ``run.json`` records the refusal and :class:`ParityError` is raised.
     """
 
     corpus: str | os.PathLike[str]
@@ -146,6 +169,7 @@ class DistillConfig:
     teacher_confidence: float = 0.9
     gate_confidence: float = 0.9
     merge_alpha: float | str = "auto"
+    parity_thresholds: ParityThresholds | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -214,6 +238,8 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
 
     Raises:
         ConfigError: bad inputs. ElasticsearchUnavailable: no cluster.
+        ParityError: the gate promoted the student but its ONNX export broke a parity threshold
+            (``run.json`` is written first, with the refusal under ``export``).
     """
     from esdistill.plugin.es_client import connect
 
@@ -257,7 +283,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     train_q.update({q.query_id: q.text for q in synthetic})
     if cfg.dev_queries:
         dev_q, dev_rels = load_queries(cfg.dev_queries), load_qrels(cfg.dev_qrels)  # type: ignore[arg-type]
-        dev_origin = "given dev qrels"
+        dev_source, dev_origin = DevSource.GIVEN, "given dev qrels"
     else:
         judged = [q for q in train_q if positives.get(q)]
         need = cfg.dev_size if dev_only_synthetic else 2 * cfg.dev_size  # else half must stay to train on
@@ -277,6 +303,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             for q in synthetic:
                 train_q.pop(q.query_id, None)
         n_given = sum(1 for q in held if q in given)
+        dev_source = DevSource.HELD_OUT if n_given == len(held) else DevSource.PSEUDO
         dev_origin = ("held-out training queries with their qrels" if n_given == len(held) else
                       f"held-out queries with known relevant documents (pseudo-dev; {n_given} of them given queries "
                       "with qrels, the rest synthetic with their source document)" if n_given else
@@ -316,7 +343,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
             logger.info("dropped %d synthetic queries that copy the whole of their source document", len(emptied))
     train_view: Mapping[str, Doc] = {**corpus, **cut} if cut else corpus
     summary.update(train_queries=len(train_q), given_queries=len(given), synthetic_queries=len(synthetic),
-                   dev_queries=len(dev_q), dev_origin=dev_origin)
+                   dev_queries=len(dev_q), dev_source=dev_source.value, dev_origin=dev_origin)
     timings["queries"] = time.time() - t0
 
     es = es or connect()
@@ -369,7 +396,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         how: dict[str, Any] = {}
         # the preference for the dense teacher answers the lexical bias of *synthetic* dev queries;
         # judged real queries pick the best score
-        prefer_dense = cfg.teacher == "auto" and "pseudo-dev" in dev_origin
+        prefer_dense = cfg.teacher == "auto" and dev_source.synthetic
         chosen, scores = select_teacher(candidates, dev_pools, dev_view, seed=cfg.seed, details=how,
                                         confidence=cfg.teacher_confidence if prefer_dense else 0.0)
         if cfg.teacher == "auto":
@@ -386,7 +413,7 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         else:
             chosen = cfg.teacher
             selection = {"chosen": cfg.teacher, "scores": scores, "why": "given by the user"}
-        selection["dev_origin"] = dev_origin
+        selection["dev_source"], selection["dev_origin"] = dev_source.value, dev_origin
         teacher = make(chosen)  # the same teacher over the training corpus
         _write_json(out / "teacher_selection.json", selection)
         summary["teacher"] = selection
@@ -452,17 +479,19 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
     gate = promotion_gate(evaluator, base=_CachedEncoder(base), trained=trained,
                           shared_documents=cfg.train.query_side_only, confidence=cfg.gate_confidence, seed=cfg.seed)
     _write_json(out / "gate.json", gate.to_dict())
-    if gate.promoted and "pseudo-dev" in dev_origin:
+    if gate.promoted and dev_source.synthetic:
         summary["caveat"] = (
-            "promoted on synthetic pseudo-dev queries only: on Cranfield and on SciFact such a gate passed students "
-            "that were worse on real queries (see the README). Before serving, check the student on a few real "
-            "queries with judgements (esdistill eval, or --dev-queries/--dev-qrels), or train on unlabelled real "
-            "queries (distill --queries) instead of synthetic ones")
+            "promoted on synthetic pseudo-dev queries only, and a gain on synthetic queries does not always carry "
+            "over to real ones. Before serving, check the student on a few real queries with judgements "
+            "(esdistill eval, or --dev-queries/--dev-qrels), or train on unlabelled real queries (distill "
+            "--queries) instead of synthetic ones")
         logger.warning("%s", summary["caveat"])
     summary["gate"] = gate.to_dict()
     summary["train"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
                         "teacher_temperature": result.teacher_temperature,
-                        "document_model": result.document_model, "config": asdict(cfg.train)}
+                        "document_model": result.document_model, "config": asdict(cfg.train),
+                        "fingerprint": result.fingerprint, "resumed_from_step": result.resumed_from_step,
+                        "restarted": result.restarted}
     timings["gate"] = time.time() - t
 
     # ---------------------------------------------------------------- export
@@ -472,19 +501,34 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
 
         sample_q = dict(list(dev_q.items())[:100])
         parity = {"parity_texts": {d: ev_corpus[d].full for d in list(ev_corpus)[:300]},
-                  "parity_queries": sample_q, "parity_qrels": {q: dev_rels[q] for q in sample_q}}
+                  "parity_queries": sample_q, "parity_qrels": {q: dev_rels[q] for q in sample_q},
+                  "thresholds": cfg.parity_thresholds}
         document_model = cfg.document_model
-        if cfg.train.query_side_only and document_model is None:
-            # a query encoder must name the export that embeds its documents: export the frozen
-            # base too, so the run holds both halves and the query encoder can never ingest
-            document_model = out / "onnx-documents"
-            if document_model.exists():
-                shutil.rmtree(document_model)
-            export_model(result.document_model, document_model, quantize=cfg.quantize,
-                         name=Path(os.fspath(cfg.student)).name, **parity)
-        res = export_model(result.model_dir, out / "onnx", quantize=cfg.quantize,
-                           name=f"{Path(os.fspath(cfg.student)).name}-distilled",
-                           document_model=document_model, **parity)
+        target = out / "onnx"
+        try:
+            if cfg.train.query_side_only and document_model is None:
+                # a query encoder must name the export that embeds its documents: export the frozen
+                # base too, so the run holds both halves and the query encoder can never ingest
+                document_model = target = out / "onnx-documents"
+                if document_model.exists():
+                    shutil.rmtree(document_model)
+                export_model(result.document_model, document_model, quantize=cfg.quantize,
+                             name=Path(os.fspath(cfg.student)).name, **parity)
+            target = out / "onnx"
+            res = export_model(result.model_dir, target, quantize=cfg.quantize,
+                               name=f"{Path(os.fspath(cfg.student)).name}-distilled",
+                               document_model=document_model, **parity)
+        except ParityError as exc:
+            # the gate promoted the student but its export is refused: the run still leaves its summary
+            from esdistill.export.onnx_export import REJECTED_NAME
+
+            summary["export"] = {
+                "refused": f"the export to {target} broke {len(exc.failures)} parity check(s): nothing was "
+                           "exported and the base student stays in service",
+                "failures": exc.failures, "report": str(target / REJECTED_NAME)}
+            timings["export"] = time.time() - t
+            _finish(summary, timings, t0, out)
+            raise
         summary["export"] = {"out": str(res.out), "fingerprint": res.manifest.fingerprint,
                              "passed": res.passed, "quantization": res.manifest.quantization}
         if cfg.train.query_side_only:
@@ -500,7 +544,12 @@ def run_distill(cfg: DistillConfig, *, es: Any = None) -> dict[str, Any]:
         timings["export"] = time.time() - t
     elif not gate.promoted:
         summary["export"] = {"skipped": "the gate refused the student; the base student stays in service"}
+    _finish(summary, timings, t0, out)
+    return summary
+
+
+def _finish(summary: dict[str, Any], timings: Mapping[str, float], t0: float, out: Path) -> None:
+    """Add the timings to ``summary`` and write it to ``out/run.json``."""
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(out / "run.json", summary)
-    return summary

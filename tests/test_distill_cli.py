@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from esdistill.export.mining import MiningConfig
-from esdistill.export.pipeline import DistillConfig, run_distill
+from esdistill.export.pipeline import DevSource, DistillConfig, run_distill
 from esdistill.export.train import TrainConfig
 from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.cli import main
@@ -58,6 +58,7 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert summary["dev_queries"] == 10 and summary["synthetic_queries"] >= 70
     assert summary["dev_origin"].startswith("held-out") and "inverse cloze" in summary["dev_origin"]
     assert sel["dev_origin"] == summary["dev_origin"]
+    assert summary["dev_source"] == sel["dev_source"] == DevSource.PSEUDO.value  # synthetic dev queries
     # both temporary BM25 indices (training corpus, and the dev copy with copied passages cut) are gone
     assert not es_client.indices.get(index=f"{index_prefix}-*", allow_no_indices=True)
     gate = json.loads((run / "gate.json").read_text())
@@ -67,7 +68,6 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     assert "real queries" in summary["caveat"]  # promoted on pseudo-dev only: the user is told to check
     # every training query is synthetic: the promoted student is the midpoint of the trained
     # weights (kept in student.trained/) and the base's (WiSE-FT)
-    import torch
     from esdistill.export.train import load_student
 
     averaging = summary["weight_averaging"]
@@ -81,9 +81,12 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     manifest = Manifest.load(run / "onnx")
     assert manifest.quantization.startswith("int8") and summary["export"]["passed"]
     assert (run / "lists.train.jsonl").is_file() and (run / "queries.synthetic.jsonl").is_file()
-    # a rerun rescored nothing: every teacher score came from the content-addressed cache
+    # a rerun rescored nothing: every teacher score came from the content-addressed cache, and with
+    # the very same inputs the finished training checkpoint is resumed, not trained again
     again = run_distill(cfg, es=es_client)
     assert again["score_cache"]["misses"] == 0 and again["score_cache"]["hits"] > 0
+    assert again["train"]["fingerprint"] == summary["train"]["fingerprint"]
+    assert again["train"]["resumed_from_step"] == summary["train"]["steps"] and again["train"]["restarted"] is None
 
 
 def test_on_judged_real_dev_queries_the_best_teacher_wins(es_client, index_prefix, tiny_collection, tiny_bi_encoder,
@@ -99,7 +102,7 @@ def test_on_judged_real_dev_queries_the_best_teacher_wins(es_client, index_prefi
     )
     summary = run_distill(cfg, es=es_client)
     sel = summary["teacher"]
-    assert "pseudo-dev" not in summary["dev_origin"] and "p_best_better" not in sel
+    assert summary["dev_source"] == DevSource.HELD_OUT.value and "p_best_better" not in sel
     scores = sel["scores"]
     assert sel["chosen"] == max(teachers, key=lambda t: (scores[t], -teachers.index(t)))
 
@@ -108,20 +111,34 @@ def test_distill_cli_with_queries_and_qrels(es_client, es_url, index_prefix, tin
                                             tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
     out = tmp_path / "cli"
-    code = main(["distill", "--corpus", str(tiny_collection), "--out", str(out), "--queries", str(tiny_collection / "queries.jsonl"),
-                 "--qrels", str(tiny_collection / "qrels" / "test.tsv"), "--synthetic", "40", "--dev-size", "8",
-                 "--student", str(tiny_bi_encoder), "--teacher", "bm25", "--loss", "margin-mse",
-                 "--list-size", "4", "--pool-depth", "8", "--epochs", "1", "--batch-size", "4",
-                 "--max-seq-length", "64", "--no-export", "--no-progress",
-                 "--index-prefix", index_prefix + "-", "--json"])
+    argv = ["distill", "--corpus", str(tiny_collection), "--out", str(out), "--queries",
+            str(tiny_collection / "queries.jsonl"), "--qrels", str(tiny_collection / "qrels" / "test.tsv"),
+            "--synthetic", "40", "--dev-size", "8", "--student", str(tiny_bi_encoder), "--teacher", "bm25",
+            "--loss", "margin-mse", "--list-size", "4", "--pool-depth", "8", "--epochs", "1", "--batch-size", "4",
+            "--max-seq-length", "64", "--no-export", "--no-progress", "--index-prefix", index_prefix + "-", "--json"]
+    code = main(argv)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == (0 if summary["gate"]["promoted"] else 8)
-    assert ("caveat" in summary) == (summary["gate"]["promoted"] and "pseudo-dev" in summary["dev_origin"])
+    assert ("caveat" in summary) == (summary["gate"]["promoted"] and summary["dev_source"] == "pseudo-dev")
     assert summary["given_queries"] == 8 and summary["train"]["config"]["query_side_only"]  # the default
     assert summary["train"]["document_model"] == str(tiny_bi_encoder)
     assert not (out / "onnx").exists()
     # real queries were trained on: the trained weights are served as they are
     assert summary["weight_averaging"]["alpha"] == 1.0 and not (out / "student.trained").exists()
+    # the same command into the same folder with another loss trains again (it used to resume the
+    # finished checkpoint of the first run and serve its weights), and says so
+    from esdistill.export.train import load_student
+
+    first = {k: v.clone() for k, v in load_student(out / "student", max_seq_length=64).state_dict().items()}
+    argv[argv.index("--loss") + 1] = "kl"
+    code = main(argv[:-1])  # the text report this time
+    text = capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["config"]["loss"] == "kl" and run["train"]["resumed_from_step"] is None
+    assert "loss 'margin-mse' -> 'kl'" in run["train"]["restarted"]
+    assert f"checkpoints: not resumed ({run['train']['restarted']}); trained from the base student" in text
+    second = load_student(out / "student", max_seq_length=64).state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in second)
 
 
 def test_adapt_cli_reports_its_choices_in_words(es_client, es_url, index_prefix, tiny_collection, tiny_bi_encoder,
@@ -166,6 +183,31 @@ def test_a_query_side_only_run_exports_its_query_encoder_paired_with_the_base(
     assert QueryHook(es_client, index_prefix, queries).search("coral reefs", k=3, mode="knn").hits
     with pytest.raises(FingerprintError, match="query encoder"):
         IngestHook(es_client, index_prefix, queries, progress=False)
+
+
+def test_a_promoted_student_refused_at_export_still_leaves_its_run_summary(
+        es_client, index_prefix, tiny_collection, tiny_bi_encoder, tmp_path):
+    """The gate promotes, the int8 export breaks a parity threshold: run.json says so, then the error is raised."""
+    from esdistill.export.parity import ParityThresholds
+    from esdistill.plugin._errors import ParityError
+
+    cfg = DistillConfig(
+        corpus=tiny_collection, out=tmp_path / "run", student=str(tiny_bi_encoder), teacher="bm25",
+        synthetic=60, dev_size=10, mining=MiningConfig(list_size=6, pool_depth=10, pool_size=12),
+        train=TrainConfig(**{**TRAIN, "epochs": 2}), index_prefix=index_prefix + "-", show_progress=False,
+        mask_train_source=False, gate_confidence=0.0,  # promote any student that is not worse
+        # an exported model never gives every text exactly its source's vector: the export is refused
+        parity_thresholds=ParityThresholds(int8_min_cosine=1.0),
+    )
+    with pytest.raises(ParityError, match="int8_min_cosine") as exc:
+        run_distill(cfg, es=es_client)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["gate"]["promoted"], run["gate"]["reason"]
+    assert run["export"]["failures"] == exc.value.failures and exc.value.failures
+    assert "parity check" in run["export"]["refused"] and "base student stays in service" in run["export"]["refused"]
+    assert (tmp_path / "run" / "onnx" / "parity.rejected.json").is_file()
+    assert not (tmp_path / "run" / "onnx" / "manifest.json").exists()
+    assert run["train"]["steps"] > 0 and "export" in run["timings_s"]
 
 
 def test_unlabelled_queries_train_alone_and_synthetic_queries_only_gate(

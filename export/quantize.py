@@ -9,13 +9,13 @@ Two steps, both offline and hardware-independent:
 2. :func:`quantize_int8` quantizes the weights of ``MatMul`` and ``Attention`` to int8 (signed,
    per output channel) with dynamic int8 activations (``onnxruntime.quantization``, the quantizer
    optimum's ``ORTQuantizer`` drives; optimum's wrapper cannot pass the default tensor type the
-   fused contrib operators need). Signed weights select onnxruntime's u8s8 kernels, about twice as
-   fast as u8u8 on CPUs with AVX2 but without VNNI; per-channel scales keep the accuracy that
-   per-tensor u8s8 loses to saturation there.
+   fused contrib operators need). Signed weights select onnxruntime's u8s8 kernels, faster than
+   u8u8 on CPUs with AVX2 but without VNNI; per-channel scales keep the accuracy that per-tensor
+   u8s8 loses to saturation there.
 
-Some models carry huge activation outliers into a few layers (all-mpnet-base-v2: the inputs of the
-FFN output projections of layers 6-10 reach ~300 standard deviations), and one int8 scale per tensor
-cannot represent them: quantizing those layers drops the cosine to the source to ~0.85.
+Some models carry huge activation outliers into a few layers (in all-mpnet-base-v2, the inputs of
+some FFN output projections), and one int8 scale per tensor cannot represent them: quantizing those
+layers costs much of the agreement with the source.
 :func:`rank_activation_outliers` ranks the quantizable nodes by ``max|x| / std(x)`` of their input
 on a few real texts (one fp32 run), and :func:`quantize_guarded` keeps the worst ones in fp32, as
 few as possible: it tries 0, 1, 2, 4, ... excluded nodes until a caller-supplied check passes.
@@ -71,7 +71,7 @@ _WEIGHT_TYPES = ("int8", "uint8")
 
 @dataclass(frozen=True)
 class QuantizationSettings:
-    """How to quantize (defaults measured on an AVX2 CPU without VNNI; see the module docstring).
+    """How to quantize (the defaults suit AVX2 CPUs without VNNI; see the module docstring).
 
     Attributes:
         weight_type: ``int8`` (u8s8 kernels) or ``uint8`` (u8u8, what optimum's ``avx2`` preset uses).

@@ -65,8 +65,7 @@ class TrainConfig:
     Attributes:
         loss: loss spec for :func:`~esdistill.export.losses.build_loss` (``kl``, ``margin-mse``,
             ``pairwise``, ``infonce``, ``plackett-luce``, ``kl+0.1*infonce``, ...). Default: listwise
-            KL plus a contrastive term of weight 0.1, the recipe of Tamber et al.; on SciFact (same
-            lists and budget, query side only) it scored 0.775 nDCG@10 against 0.743 for KL alone.
+            KL plus a contrastive term of weight 0.1 (the recipe of Tamber et al.).
         student_temperature / teacher_temperature: passed to the loss. ``teacher_temperature="auto"``
             (the default) picks, before training, the temperature at which the teacher's targets are
             as sharp as the base student's own softmax over the same lists (equal mean entropy; see
@@ -90,8 +89,8 @@ class TrainConfig:
         eval_steps: run the dev evaluator every N steps (0: at the end of each epoch only).
         max_steps: stop after this many optimiser steps (``None``: all epochs).
         gradient_checkpointing: recompute the transformer's activations in the backward pass
-            instead of keeping them (about a third more compute). Without it one batch of 8 queries
-            x 16 candidates of 256 tokens holds about 9 GB of activations in RAM.
+            instead of keeping them: more compute, far less memory (the activations of a batch of
+            lists of long documents otherwise dominate memory).
         seed: seeds Python, numpy and torch.
         show_progress: progress bar (also off when stderr is not a terminal).
     """

@@ -5,8 +5,9 @@ One call, :meth:`QueryHook.search`, runs the stages a production query needs and
 
 1. **embed**: the query through the student (an ``OnnxEncoder``), via a bounded LRU cache;
 2. **es**: approximate kNN on the index's ``dense_vector`` field (``num_candidates`` tunable), a BM25
-   ``multi_match`` over its text fields, or both in one ``_msearch`` round trip; filters (any
-   Elasticsearch query clauses) go into ``knn.filter`` and the BM25 ``bool.filter``;
+   ``multi_match`` over its text fields, or both in one ``_msearch`` round trip; filters (query
+   clauses from the allow-list of :mod:`esdistill.plugin.filters`: nothing that reads another index
+   or runs a script) go into ``knn.filter`` and the BM25 ``bool.filter``;
 3. **fuse** (hybrid): reciprocal rank fusion or a normalized linear combination, client-side, since
    RRF is a licensed feature not present on every cluster (:mod:`esdistill.plugin.fusion`);
 4. **rerank** (optional): the teacher rescoring the top N within the request's budget, behind a
@@ -17,8 +18,13 @@ One call, :meth:`QueryHook.search`, runs the stages a production query needs and
    (:mod:`esdistill.plugin.ab`).
 
 The model must be the one that made the index's vectors: the hook compares the encoder's fingerprint
-with the index's mapping ``_meta`` before its first query (and again when the alias moves to
-another physical index) and raises :class:`FingerprintError` on a mismatch::
+with the index's mapping ``_meta`` before its first query, and again as soon as the alias points at
+another physical index (looked up before a search, at most every ``alias_check_s``, and after any
+search Elasticsearch refuses), and raises :class:`FingerprintError` on a mismatch.
+
+Errors from Elasticsearch become esdistill's own messages: what an exception says never quotes
+Elasticsearch's reason (it could name other indices or carry their data); the reason is logged by
+this module at WARNING for the operator::
 
     >>> from esdistill.plugin import connect
     >>> from esdistill.plugin.encoder import OnnxEncoder
@@ -33,17 +39,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, team_draft_interleave
+from esdistill.plugin.filters import validate_filters
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse
 from esdistill.plugin.rerank import (
     REASON_BUDGET,
@@ -89,7 +97,9 @@ class QueryConfig:
             :class:`ElasticsearchUnavailable`.
         max_retries: Elasticsearch client retries on connection errors.
         check_fingerprint: compare the encoder with the index's ``_meta`` before searching.
-        meta_refresh_s: re-read the index's ``_meta`` at most this often (alias swaps).
+        meta_refresh_s: re-read the index's ``_meta`` at least this often.
+        alias_check_s: look up which physical index the alias points at before a search, at most
+            this often (0: before every search); a new one has its model checked before the search.
         interleave_names: team names for an interleaving arm: (student, reranked).
     """
 
@@ -108,6 +118,7 @@ class QueryConfig:
     max_retries: int = 1
     check_fingerprint: bool = True
     meta_refresh_s: float = 60.0
+    alias_check_s: float = 1.0
     interleave_names: tuple[str, str] = ("student", "rerank")
 
     def __post_init__(self) -> None:
@@ -134,6 +145,8 @@ class QueryConfig:
             problems.append(f"request_timeout_s={self.request_timeout_s} (> 0)")
         if int(self.max_retries) < 0:
             problems.append(f"max_retries={self.max_retries} (>= 0)")
+        if not (math.isfinite(float(self.alias_check_s)) and float(self.alias_check_s) >= 0):
+            problems.append(f"alias_check_s={self.alias_check_s} (>= 0 seconds)")
         if len(self.interleave_names) != 2 or self.interleave_names[0] == self.interleave_names[1]:
             problems.append(f"interleave_names={self.interleave_names} (two different names)")
         if problems:
@@ -233,21 +246,13 @@ class _LRU:
 
 
 def _filters_list(filters: Any) -> list[dict[str, Any]]:
-    if filters is None:
-        return []
-    if isinstance(filters, Mapping):
-        return [dict(filters)]
-    if isinstance(filters, Sequence) and not isinstance(filters, (str, bytes)):
-        out = []
-        for f in filters:
-            if not isinstance(f, Mapping):
-                raise ConfigError(f"each filter must be an Elasticsearch query clause (a dict), got {f!r}")
-            out.append(dict(f))
-        return out
-    raise ConfigError(
-        f"filters must be an Elasticsearch query clause or a list of them, e.g. "
-        f'{{"term": {{"lang": "en"}}}}; got {type(filters).__name__}'
-    )
+    """The request's filters as a list of clauses, checked against the allow-list (see
+    :func:`esdistill.plugin.filters.validate_filters`; raises ``FilterNotAllowed``)."""
+    return validate_filters(filters)
+
+
+class _Rejected(ConfigError):
+    """Elasticsearch refused a search as a bad request (a filter or parameter it cannot apply)."""
 
 
 class QueryHook:
@@ -302,6 +307,7 @@ class QueryHook:
         self._meta_lock = threading.Lock()
         self._checked: set[str] = set()
         self._meta_at = -math.inf
+        self._alias_at = -math.inf
         self.vector_field = _DEFAULT_VECTOR_FIELD
         self.text_fields: tuple[str, ...] = _DEFAULT_TEXT_FIELDS
 
@@ -347,16 +353,8 @@ class QueryHook:
 
     # -------------------------------------------------------------------------------- the index
     def _es_call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one Elasticsearch call; translate its failures into esdistill errors."""
-        from elasticsearch import (
-            ApiError,
-            AuthenticationException,
-            AuthorizationException,
-            BadRequestError,
-            ConnectionTimeout,
-            NotFoundError,
-            TransportError,
-        )
+        """Run one Elasticsearch call; translate its failures into esdistill errors (see :meth:`_fail`)."""
+        from elasticsearch import ApiError, ConnectionTimeout, TransportError
         from elasticsearch import ConnectionError as EsConnectionError
 
         try:
@@ -371,44 +369,78 @@ class QueryHook:
                 f"cannot reach Elasticsearch for the {what} on index {self.index!r}: {type(exc).__name__}. "
                 "Is it running? Check ESDISTILL_ES_URL."
             ) from None
-        except NotFoundError as exc:
+        except ApiError as exc:
+            self._fail(what, int(getattr(exc.meta, "status", 0) or 0), exc.body)
+        except TransportError as exc:
+            logger.warning("the %s on %s failed in the transport: %s", what, self.index, _cut(str(exc)))
+            raise ElasticsearchUnavailable(f"Elasticsearch failed the {what} ({type(exc).__name__})") from None
+
+    def _fail(self, what: str, status: int, error: Any) -> NoReturn:
+        """Raise esdistill's error for an Elasticsearch error answer; its reason goes to the log only.
+
+        Elasticsearch's reason text can name other indices and quote their data (a lookup in a
+        filter), so no message built here contains it; the kind of error (its ``type``, an identifier)
+        is kept, with esdistill's words for it.
+        """
+        logger.warning("Elasticsearch answered the %s on %s with status %s: %s", what, self.index, status,
+                       _cut(_es_reason(error)))
+        if status == 404:
             raise ConfigError(
-                f"index {self.index!r} does not exist ({_reason(exc)}); create and fill it with "
+                f"index {self.index!r} does not exist; create and fill it with "
                 f"`esdistill index create {self.index} --model DIR` and `esdistill ingest`"
             ) from None
-        except (AuthenticationException, AuthorizationException) as exc:
+        if status in (401, 403):
             raise ElasticsearchUnavailable(
-                f"Elasticsearch refused the {what} on {self.index!r} ({exc.meta.status}): check the "
+                f"Elasticsearch refused the {what} on {self.index!r} ({status}): check the "
                 "credentials (ESDISTILL_ES_API_KEY / ESDISTILL_ES_USER) and the user's read privilege"
             ) from None
-        except BadRequestError as exc:
-            raise ConfigError(
-                f"Elasticsearch rejected the {what} on {self.index!r}: {_reason(exc)}. Check the filters "
-                "and parameters of the request."
+        if status == 400:
+            kind = _es_type(error)
+            words = _ES_TYPE_WORDS.get(kind, "the request is not valid for this index")
+            raise _Rejected(
+                f"Elasticsearch rejected the {what} on {self.index!r}: {words}"
+                f"{f' ({kind})' if kind else ''}. Check the filters and parameters of the request "
+                "(Elasticsearch's own reason is in the log)."
             ) from None
-        except ApiError as exc:
-            raise ElasticsearchUnavailable(
-                f"Elasticsearch failed the {what} on {self.index!r} with status {exc.meta.status}: {_reason(exc)}"
-            ) from None
-        except TransportError as exc:
-            raise ElasticsearchUnavailable(f"Elasticsearch failed the {what}: {exc}") from None
+        raise ElasticsearchUnavailable(
+            f"Elasticsearch failed the {what} on {self.index!r} with status {status}; retry later"
+        ) from None
 
     def _load_meta(self, force: bool = False) -> None:
-        """Read the index's esdistill ``_meta`` (vector/text fields) and check the model, once."""
+        """Read the index's esdistill ``_meta`` (vector/text fields) and check the model.
+
+        The mappings are re-read every ``meta_refresh_s``, when ``force`` is set, and as soon as the
+        alias points at a physical index not checked yet (looked up at most every ``alias_check_s``),
+        so that a swap to another model's index is noticed before a search runs on it.
+        """
         now = self._clock()
         if not force and now - self._meta_at < self.config.meta_refresh_s:
-            return
+            if now - self._alias_at < self.config.alias_check_s:
+                return
+            physical = self._physical_indices()
+            self._alias_at = now
+            if physical <= self._checked:
+                return
+            logger.info("index %s now points at %s: checking the model again", self.index,
+                        sorted(physical - self._checked))
+            force = True
         with self._meta_lock:
             if not force and now - self._meta_at < self.config.meta_refresh_s:
                 return
+            self._meta_at = -math.inf  # until the check below passes, every search checks again
             mappings = self._es_call("mapping lookup", lambda: self._es.indices.get_mapping(index=self.index))
             checked: set[str] = set()
-            for physical, body in dict(mappings).items():
+            for physical_name, body in dict(mappings).items():
                 meta = (body.get("mappings") or {}).get("_meta") or {}
-                self._apply_meta(physical, meta)
-                checked.add(physical)
+                self._apply_meta(physical_name, meta)
+                checked.add(physical_name)
             self._checked = checked
-            self._meta_at = now
+            self._meta_at = self._alias_at = now
+
+    def _physical_indices(self) -> set[str]:
+        """The physical indices behind the alias (the index itself when it is one)."""
+        found = self._es_call("alias lookup", lambda: self._es.indices.get_alias(index=self.index))
+        return set(dict(found))
 
     def _apply_meta(self, physical: str, meta: Mapping[str, Any]) -> None:
         nested = meta.get("esdistill") if isinstance(meta.get("esdistill"), Mapping) else {}
@@ -518,14 +550,7 @@ class QueryHook:
         out = []
         for name, item in zip(("BM25", "kNN"), resp["responses"]):
             if "error" in item:
-                status = item.get("status", 0)
-                reason = _reason_from_body(item["error"])
-                if status == 404:
-                    raise ConfigError(f"index {self.index!r} does not exist ({reason}); create and fill it first")
-                if status == 400:
-                    raise ConfigError(f"Elasticsearch rejected the {name} part of the hybrid search on "
-                                      f"{self.index!r}: {reason}. Check the filters and parameters.")
-                raise ElasticsearchUnavailable(f"the {name} part of the hybrid search failed ({status}): {reason}")
+                self._fail(f"{name} part of the hybrid search", int(item.get("status") or 0), item["error"])
             out.append(item["hits"]["hits"])
         return out
 
@@ -576,7 +601,13 @@ class QueryHook:
 
         timings = {"embed": 0.0, "es": 0.0, "fuse": 0.0, "rerank": 0.0, "total": 0.0}
         depth = max(k, self.config.rerank.top_n) if want_rerank and self.rerank_stage is not None else k
-        order, by_id, cached = self._candidates(text, mode, depth, num_candidates, flist, timings)
+        try:
+            order, by_id, cached = self._candidates(text, mode, depth, num_candidates, flist, timings)
+        except _Rejected:
+            # the alias may have moved to another model's index (other dims) since the last look:
+            # then the model mismatch is the answer, not the refused search
+            self._load_meta(force=True)
+            raise
         student_ids = [d for d, _ in order]
 
         outcome = RerankOutcome(reason=REASON_NOT_REQUESTED)
@@ -733,17 +764,40 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _reason_from_body(error: Any) -> str:
-    if isinstance(error, Mapping):
-        root = error.get("root_cause") or []
-        if root and isinstance(root[0], Mapping) and root[0].get("reason"):
-            return str(root[0]["reason"])
-        return str(error.get("reason") or error.get("type") or error)
+#: esdistill's words for the kinds of error Elasticsearch gives a search it refuses
+_ES_TYPE_WORDS = {
+    "parsing_exception": "a clause or parameter is malformed",
+    "x_content_parse_exception": "a clause or parameter is malformed",
+    "query_shard_exception": "a filter or the query does not fit the type of its field, or a value does not parse",
+    "illegal_argument_exception": "a parameter or value is not valid",
+    "number_format_exception": "a value is not a number",
+    "search_phase_execution_exception": "the search could not run on the index's shards",
+}
+_TYPE_NAME = re.compile(r"^[a-z_]{1,80}$")
+
+
+def _root(error: Any) -> Mapping[str, Any]:
+    if isinstance(error, Mapping) and isinstance(error.get("error"), Mapping):
+        error = error["error"]
+    if not isinstance(error, Mapping):
+        return {}
+    root = error.get("root_cause") or []
+    return root[0] if root and isinstance(root[0], Mapping) else error
+
+
+def _es_type(error: Any) -> str:
+    """The ``type`` of an Elasticsearch error (its root cause's), when it is a plain identifier."""
+    kind = str(_root(error).get("type") or "")
+    return kind if _TYPE_NAME.match(kind) else ""
+
+
+def _es_reason(error: Any) -> str:
+    """Elasticsearch's reason text of an error body, for the log only (never for a message)."""
+    root = _root(error)
+    if root.get("reason"):
+        return f"{root.get('type', 'error')}: {root['reason']}"
     return str(error)
 
 
-def _reason(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, Mapping) and "error" in body:
-        return _reason_from_body(body["error"])
-    return str(getattr(exc, "message", exc))
+def _cut(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -10,8 +10,13 @@ imports a web framework. Routes:
 ``GET /healthz``           the process is alive (no Elasticsearch call)
 ``GET /readyz``            Elasticsearch reachable, the index present, the model matches its vectors
 ``GET /metrics``           Prometheus text format
-``GET /openapi.json``      the OpenAPI schema of all of the above
+``GET /openapi.json``      the OpenAPI schema of all of the above (no ``/docs`` UI: it would load
+                           scripts from a public CDN)
 =========================  =====================================================================
+
+Search filters must pass the allow-list of :mod:`esdistill.plugin.filters` (no clause that reads
+another index or runs a script); a refused one is a 400 naming its path. Elasticsearch's own error
+text never reaches a client: answers carry esdistill's message, the service log has the reason.
 
 Every error is JSON ``{"error": {"type", "message", "details"}}``: 422 for a request that does not
 match the schema (``details`` lists every problem), 400 for a request Elasticsearch or the hooks
@@ -52,6 +57,7 @@ from esdistill.plugin._service_guards import (
     TokenBucketLimiter,
     error_body,
 )
+from esdistill.plugin.filters import ALLOWED_CLAUSES, validate_filters
 from esdistill.plugin.metrics import CONTENT_TYPE, ServiceMetrics
 from esdistill.plugin.service_settings import ServiceSettings
 
@@ -61,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = "v1"
 _RETRY_AFTER_S = "5"
+#: a scrape of /metrics re-runs the readiness check when the last one is older than this
+_READY_MAX_AGE_S = 5.0
 #: refused documents listed in one ingest answer (the counts are always complete)
 _MAX_ERRORS = 100
 
@@ -115,6 +123,7 @@ class ServiceState:
         self.index = IndexManager(self.client, settings.index)
         self.query = QueryHook(self.client, settings.index, self.encoder, reranker=self.reranker, ab=self.ab,
                                exposure_log=self.exposure, config=_query_config(settings))
+        self._ready_at = -math.inf
 
     def ingest(self, documents: list[dict[str, Any]], *, refresh: bool) -> dict[str, Any]:
         """Embed and index ``documents``; return the summary with the reason of every refused one.
@@ -166,17 +175,21 @@ class ServiceState:
             return None
 
     def readiness(self) -> dict[str, Any]:
-        """Check Elasticsearch, the index and the model; never raises."""
+        """Check Elasticsearch, the index and the model; never raises.
+
+        Only index-level calls on the served index are made (no cluster privilege is needed): an
+        answer to the first one is what "Elasticsearch reachable" means.
+        """
         checks: dict[str, Any] = {"elasticsearch": False, "index": False, "model": False}
         reason = None
         fast = self._fast_client()
         try:
-            fast.cluster.health(timeout="1s")
-            checks["elasticsearch"] = True
             from esdistill.plugin.index import IndexManager
 
             mgr = IndexManager(fast, self.settings.index)
-            if mgr.exists():
+            present = mgr.exists()
+            checks["elasticsearch"] = True
+            if present:
                 checks["index"] = True
                 mgr.check_model(self.manifest, queries_only=True)
                 checks["model"] = True
@@ -190,11 +203,18 @@ class ServiceState:
         except Exception as exc:  # noqa: BLE001 - any failure to talk to ES means "not ready"
             kind = _es_failure(exc)
             reason = (f"Elasticsearch is unavailable ({type(exc).__name__})" if kind == "unavailable"
-                      else f"Elasticsearch answered with an error: {_short(exc)}")
+                      else f"Elasticsearch answered with an error ({_summary(exc)})")
         ready = all(checks.values())
         self.metrics.ready.set(1.0 if ready else 0.0)
+        self._ready_at = time.monotonic()
+        # the short fingerprint only: /readyz answers without a key
         return {"ready": ready, "checks": checks, "reason": reason, "index": self.settings.index,
-                "model": {"name": self.manifest.name, "fingerprint": self.manifest.fingerprint}}
+                "model": {"name": self.manifest.name, "fingerprint": self.manifest.short_fingerprint}}
+
+    def refresh_ready_gauge(self, max_age_s: float = _READY_MAX_AGE_S) -> None:
+        """Re-run the readiness check when the last one is older than ``max_age_s`` (a scrape calls it)."""
+        if time.monotonic() - self._ready_at >= max_age_s:
+            self.readiness()
 
 
 def _query_config(settings: ServiceSettings):
@@ -244,14 +264,16 @@ def _es_failure_one(exc: BaseException) -> str | None:
     return None
 
 
-def _short(exc: BaseException, limit: int = 500) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
-        root = (err.get("root_cause") or [err])[0]
-        if isinstance(root, dict):
-            return f"{root.get('type', 'error')}: {root.get('reason', '')}"[:limit]
-    return f"{type(exc).__name__}: {exc}"[:limit]
+def _summary(exc: BaseException) -> str:
+    """What a client may see of an Elasticsearch failure: its class and status, never its reason text
+    (which can name other indices); the reason is logged instead."""
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
+    if status:  # an answer from Elasticsearch, whose reason only the log may see
+        body = getattr(exc, "body", None)
+        logger.warning("Elasticsearch answered %s (status %s): %s", type(exc).__name__, status,
+                       str(body if body is not None else exc)[:1000])
+        return f"{type(exc).__name__}, status {status}"
+    return type(exc).__name__
 
 
 def _jsonable(value: Any) -> Any:
@@ -312,8 +334,13 @@ def create_app(settings: ServiceSettings):
         arm_type = None
         arm_doc = "this service runs no A/B test: only null"
 
-    # one Elasticsearch query clause: an object with exactly one key, the query type
-    Clause = Annotated[dict[str, Any], Field(min_length=1, max_length=1)]
+    # one Elasticsearch query clause: an object with exactly one key, the query type; the allow-list
+    # (checked recursively by the route, so that a refusal is a 400 naming the clause) is in the schema
+    Clause = Annotated[dict[str, Any], Field(
+        min_length=1, max_length=1,
+        json_schema_extra={"propertyNames": {"enum": list(ALLOWED_CLAUSES)}},
+        description="one query clause of type " + ", ".join(ALLOWED_CLAUSES) + " (terms without a lookup; "
+                    "bool, constant_score, dis_max and nested of allowed clauses)")]
 
     class SearchRequest(BaseModel):
         """A search. ``filters`` are Elasticsearch query clauses applied as filters."""
@@ -324,7 +351,8 @@ def create_app(settings: ServiceSettings):
         mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
         filters: list[Clause] | Clause | None = Field(  # type: ignore[valid-type]
             None, max_length=100,
-            description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}")
+            description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}; "
+                        "clauses that read other indices or run scripts are refused (400)")
         rerank: rerank_type = Field(None, description=rerank_doc)  # type: ignore[valid-type]
         ab_key: str | None = Field(None, min_length=1, max_length=256,
                                    description="user or session id that picks the A/B arm")
@@ -435,6 +463,9 @@ def create_app(settings: ServiceSettings):
         version=API_VERSION,
         description="Search and ingest with a distilled ONNX student over Elasticsearch.",
         lifespan=lifespan,
+        # no Swagger/ReDoc pages: they load scripts from a public CDN; /openapi.json stays
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.esdistill = state
 
@@ -444,8 +475,10 @@ def create_app(settings: ServiceSettings):
 
     def map_exception(exc: Exception, route: str):
         """The JSON answer for a failure of a hook; re-raises what is a bug."""
+        if isinstance(exc, FingerprintError):  # first: it may be raised while handling a refused search
+            return json_error(503, "model_mismatch", str(exc), headers={"Retry-After": _RETRY_AFTER_S})
         kind = _es_failure(exc)
-        message = str(exc) if isinstance(exc, EsdistillError) else _short(exc)
+        message = str(exc) if isinstance(exc, EsdistillError) else _summary(exc)
         retry = {"Retry-After": _RETRY_AFTER_S}
         if kind == "unavailable":
             metrics.es_unavailable.inc(route=route)
@@ -457,8 +490,6 @@ def create_app(settings: ServiceSettings):
             return json_error(503, "index_unavailable",
                               f"index {s.index!r} is not available in Elasticsearch ({message[:300]}); "
                               f"create it with `esdistill index create {s.index} --model DIR`", headers=retry)
-        if isinstance(exc, FingerprintError):
-            return json_error(503, "model_mismatch", message, headers=retry)
         if kind == "bad_request":
             return json_error(400, "bad_request", message)
         if isinstance(exc, ConfigError):
@@ -503,8 +534,12 @@ def create_app(settings: ServiceSettings):
     def search(body: SearchRequest):
         started = time.perf_counter()
         try:
+            filters = validate_filters(body.filters)
+        except ConfigError as exc:
+            return json_error(400, "bad_request", str(exc), getattr(exc, "problems", None))
+        try:
             result = state.query.search(
-                body.query, k=body.k, mode=body.mode, filters=body.filters, rerank=body.rerank,
+                body.query, k=body.k, mode=body.mode, filters=filters, rerank=body.rerank,
                 ab_key=body.ab_key, arm=body.arm, budget_ms=body.budget_ms, num_candidates=body.num_candidates,
             )
         except Exception as exc:  # noqa: BLE001 - mapped to a JSON answer, or re-raised
@@ -553,15 +588,21 @@ def create_app(settings: ServiceSettings):
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], summary="Prometheus metrics")
     def metrics_route():
+        state.refresh_ready_gauge()
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------ guards, OpenAPI security
     def route_of(scope) -> str | None:
+        """The template of the route the request matches (its path alone, when only the method is
+        wrong), or None: a closed set of labels whatever the client sends."""
+        partial = None
         for route in app.router.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 return getattr(route, "path", None)
-        return None
+            if match == Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", None)
+        return partial
 
     def protect(path: str) -> bool:
         return path.startswith(f"/{API_VERSION}/") or (s.metrics_require_key and path == "/metrics")

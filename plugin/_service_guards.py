@@ -7,8 +7,12 @@ every rejection is a small JSON body the same shape as the service's own errors:
 
 Order for a protected path (``/v1/...``, and ``/metrics`` when asked): the rate limit (so that keys
 cannot be guessed at full speed), then the API key (401 without one, 403 with a wrong one), then the
-body size (413; bodies without ``Content-Length`` are counted while read). Every request, rejected or
-not, is counted in the metrics by route template and status.
+body size (413; bodies without ``Content-Length`` are counted while read). Every other path is
+rate-limited too, from a bucket of its own per client (so that probes of ``/healthz`` never eat the
+API's budget, and a flood of junk requests gets 429s). Every request, rejected or not, is counted in
+the metrics by route template, method and status, with labels from closed sets: a method outside
+:data:`METHODS` and a path that matches no route are both counted as ``other``, so junk requests
+cannot add series.
 
 API keys are compared in constant time: the presented key is hashed with SHA-256 and compared with
 :func:`hmac.compare_digest` against *every* configured digest, without stopping at a match, so the
@@ -30,13 +34,17 @@ from typing import Any
 
 from esdistill.plugin.metrics import ServiceMetrics
 
-__all__ = ["API_KEY_HEADER", "ApiKeyGuard", "GuardMiddleware", "TokenBucketLimiter", "error_body"]
+__all__ = ["API_KEY_HEADER", "METHODS", "ApiKeyGuard", "GuardMiddleware", "TokenBucketLimiter", "error_body"]
 
 logger = logging.getLogger(__name__)
 
 #: the header that carries the API key
 API_KEY_HEADER = "X-API-Key"
 _KEY_HEADER_BYTES = API_KEY_HEADER.lower().encode()
+#: HTTP methods counted under their own name in the metrics; any other is counted as ``other``
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+#: the metrics label of a method outside :data:`METHODS` and of a path that matches no route
+OTHER = "other"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -132,16 +140,17 @@ class _BodyTooLarge(Exception):
 
 
 class GuardMiddleware:
-    """ASGI middleware: metrics for every request; rate limit, API key and body size where protected.
+    """ASGI middleware: metrics and the rate limit for every request; API key and body size where protected.
 
     Args:
         app: the wrapped ASGI application.
         metrics: where requests are counted.
         route_of: maps a request scope to its route template (``/v1/index/{name}``), or ``None``.
         guard: the API-key check.
-        limiter: the rate limit, or ``None``.
+        limiter: the rate limit, or ``None``; protected and other paths use separate buckets per client.
         max_body_bytes: the largest accepted body.
-        protect: decides from the path whether a request needs the key and the rate limit.
+        protect: decides from the path whether a request needs the key (and counts against the API's
+            rate-limit bucket rather than the open paths' one).
     """
 
     def __init__(
@@ -186,7 +195,9 @@ class GuardMiddleware:
                 await self.app(scope, receive, send_wrapper)
         finally:
             route = self._route_label(scope)
-            self.metrics.requests.inc(route=route, method=scope.get("method", ""), status=str(status["code"]))
+            method = scope.get("method", "")
+            self.metrics.requests.inc(route=route, method=method if method in METHODS else OTHER,
+                                      status=str(status["code"]))
             self.metrics.request_latency.observe(time.perf_counter() - started, route=route)
 
     def _route_label(self, scope: Scope) -> str:
@@ -195,22 +206,23 @@ class GuardMiddleware:
         if isinstance(path, str):
             return path
         try:
-            return self.route_of(scope) or "unmatched"
+            return self.route_of(scope) or OTHER
         except Exception:  # noqa: BLE001 - a label must never fail a request
-            return "unmatched"
+            return OTHER
 
     def _precheck(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         path = scope.get("path", "")
-        if not self.protect(path):
-            return None
+        protected = self.protect(path)
         if self.limiter is not None:
-            client = (scope.get("client") or ("unknown", 0))[0]
-            wait = self.limiter.acquire(str(client))
+            client = str((scope.get("client") or ("unknown", 0))[0])
+            wait = self.limiter.acquire(client if protected else f"{client} (open paths)")
             if wait > 0:
                 retry = str(max(1, math.ceil(wait)))
                 message = (f"too many requests: the limit is {self.limiter.rate:g}/s with bursts of "
                            f"{self.limiter.burst}; retry after {retry}s")
                 return (429, "rate_limited", message, [(b"retry-after", retry.encode())])
+        if not protected:
+            return None
         if self.guard.enabled:
             presented = None
             for name, value in scope.get("headers", ()):

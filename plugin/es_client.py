@@ -11,6 +11,10 @@ Environment variables (all optional):
 ``ESDISTILL_ES_CA_CERTS``   CA bundle to verify the cluster's TLS certificate
 ``ESDISTILL_ES_TIMEOUT``    seconds to wait for one answer (default 30)
 ========================== ==========================================================
+
+The HTTP client logs a warning each time it retries a failed request, with the failure's whole
+traceback; :func:`connect` makes that one line (the failure's class and message) unless its logger
+is at DEBUG (``-vv``), where the traceback is kept.
 """
 
 from __future__ import annotations
@@ -41,6 +45,30 @@ def _timeout_from_env() -> float:
     if not 0 < value < float("inf"):
         raise ConfigError(f"ESDISTILL_ES_TIMEOUT={raw!r} is not a positive number of seconds (e.g. 30)")
     return value
+
+
+class _OneLineRetries(logging.Filter):
+    """Turns the transport's retry warnings into one line unless its logger is at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            text = str(exc).splitlines()[0][:300] if str(exc) else ""
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}{f' ({text})' if text else ''}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_RETRY_FILTER = _OneLineRetries()
+
+
+def _quiet_retries() -> None:
+    """Install the one-line filter on the transport's logger (once)."""
+    transport = logging.getLogger("elastic_transport.transport")
+    if _RETRY_FILTER not in transport.filters:
+        transport.addFilter(_RETRY_FILTER)
 
 
 def redact(url: str) -> str:
@@ -81,6 +109,7 @@ def connect(
     """
     from elasticsearch import Elasticsearch
 
+    _quiet_retries()
     url = url or os.environ.get("ESDISTILL_ES_URL") or DEFAULT_URL
     api_key = api_key or os.environ.get("ESDISTILL_ES_API_KEY") or None
     if basic_auth is None and os.environ.get("ESDISTILL_ES_USER"):

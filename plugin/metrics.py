@@ -9,9 +9,11 @@ No external dependency: counters, gauges and histograms with labels, enough for 
     >>> print(reg.render().splitlines()[2])
     demo_requests_total{route="/v1/search",status="200"} 1.0
 
-Label values are escaped as the format requires (backslash, double quote, newline); the number of
-distinct label sets per metric is capped (:data:`MAX_SERIES`) so that a client cannot blow up memory
-by sending many distinct values.
+Label values are escaped as the format requires (backslash, double quote, newline). The number of
+distinct label sets of each metric is capped (``max_series``, :data:`MAX_SERIES` by default): a new
+label set beyond the cap is counted in one ``other`` series instead, so that a client cannot blow up
+memory or ``/metrics`` by sending many distinct values. :class:`ServiceMetrics` sizes each cap to its
+labels' closed sets, which bounds the whole exposition (:attr:`ServiceMetrics.max_series`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def _labels_text(names: Sequence[str], values: Sequence[str]) -> str:
 class _Metric:
     kind = "untyped"
 
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (), *,
+                 max_series: int = MAX_SERIES) -> None:
         if not _NAME.match(name):
             raise ValueError(f"metric name {name!r} is not valid in Prometheus ([a-zA-Z_:][a-zA-Z0-9_:]*)")
         self.name = name
@@ -76,13 +79,16 @@ class _Metric:
         for ln in self.labelnames:
             if not _LABEL.match(ln) or ln.startswith("__") or ln == "le":
                 raise ValueError(f"label name {ln!r} is not allowed in metric {name}")
+        if int(max_series) < 1:
+            raise ValueError(f"metric {name} needs max_series >= 1, got {max_series}")
+        self.max_series = int(max_series)
         self._lock = threading.Lock()
 
     def _key(self, labels: dict[str, object], series: dict) -> tuple[str, ...]:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {tuple(labels)}")
         key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in series and len(series) >= MAX_SERIES:
+        if key not in series and len(series) >= self.max_series:
             key = tuple("other" for _ in self.labelnames)
         return key
 
@@ -97,8 +103,9 @@ class _Metric:
 class _Scalar(_Metric):
     """One float per label set: the storage, reading and exposition Counter and Gauge share."""
 
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
+    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (), *,
+                 max_series: int = MAX_SERIES) -> None:
+        super().__init__(name, help, labelnames, max_series=max_series)
         self._values: dict[tuple[str, ...], float] = {}
 
     def _add(self, amount: float, labels: dict[str, object]) -> None:
@@ -152,8 +159,8 @@ class Histogram(_Metric):
     kind = "histogram"
 
     def __init__(self, name: str, help: str, labelnames: Iterable[str] = (),
-                 buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS) -> None:
-        super().__init__(name, help, labelnames)
+                 buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS, *, max_series: int = MAX_SERIES) -> None:
+        super().__init__(name, help, labelnames, max_series=max_series)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         if not bounds or len(set(bounds)) != len(bounds):
             raise ValueError(f"histogram {name} needs distinct, finite bucket bounds")
@@ -206,15 +213,26 @@ class Registry:
             self._metrics[metric.name] = metric
         return metric
 
-    def counter(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Counter:
-        return self._add(Counter(name, help, labelnames))  # type: ignore[return-value]
+    def counter(self, name: str, help: str, labelnames: Iterable[str] = (), *,
+                max_series: int = MAX_SERIES) -> Counter:
+        metric = Counter(name, help, labelnames, max_series=max_series)
+        return self._add(metric)  # type: ignore[return-value]
 
-    def gauge(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Gauge:
-        return self._add(Gauge(name, help, labelnames))  # type: ignore[return-value]
+    def gauge(self, name: str, help: str, labelnames: Iterable[str] = (), *,
+              max_series: int = MAX_SERIES) -> Gauge:
+        return self._add(Gauge(name, help, labelnames, max_series=max_series))  # type: ignore[return-value]
 
     def histogram(self, name: str, help: str, labelnames: Iterable[str] = (),
-                  buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS) -> Histogram:
-        return self._add(Histogram(name, help, labelnames, buckets))  # type: ignore[return-value]
+                  buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS, *,
+                  max_series: int = MAX_SERIES) -> Histogram:
+        return self._add(Histogram(name, help, labelnames, buckets,  # type: ignore[return-value]
+                                   max_series=max_series))
+
+    @property
+    def max_series(self) -> int:
+        """The most series all registered metrics can hold together (each cap, plus its ``other``)."""
+        with self._lock:
+            return sum(m.max_series + 1 for m in self._metrics.values())
 
     def render(self) -> str:
         """All metrics in the Prometheus text format (ends with a newline)."""
@@ -238,29 +256,39 @@ class ServiceMetrics:
         rerank: ``esdistill_rerank_total{arm,outcome}`` (outcome: full, partial, none, ...).
         ingested: ``esdistill_ingest_documents_total{result}``.
         es_unavailable: ``esdistill_es_unavailable_total{route}`` (answers 503).
-        ready: ``esdistill_ready`` (1 when the last readiness check passed).
+        ready: ``esdistill_ready`` (1 when the last readiness check passed; the service re-checks on a
+            scrape when its last check is a few seconds old).
+
+    Every label comes from a closed set (route templates, a fixed list of methods, status codes, arms,
+    modes, stages), and each metric's cap is sized to it, so :attr:`max_series` bounds the whole
+    exposition whatever clients send.
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry or Registry()
         r = self.registry
         self.requests = r.counter("esdistill_http_requests_total", "HTTP requests by route, method and status.",
-                                  ("route", "method", "status"))
+                                  ("route", "method", "status"), max_series=400)
         self.request_latency = r.histogram("esdistill_http_request_duration_seconds",
-                                           "HTTP request latency by route, in seconds.", ("route",))
+                                           "HTTP request latency by route, in seconds.", ("route",), max_series=32)
         self.search_latency = r.histogram("esdistill_search_duration_seconds",
                                           "Search latency by A/B arm and mode, embedding included, in seconds.",
-                                          ("arm", "mode"))
+                                          ("arm", "mode"), max_series=64)
         self.stage_latency = r.histogram("esdistill_search_stage_duration_seconds",
-                                         "Time spent per search stage, in seconds.", ("stage",))
+                                         "Time spent per search stage, in seconds.", ("stage",), max_series=16)
         self.rerank = r.counter("esdistill_rerank_total", "Searches by A/B arm and rerank outcome.",
-                                ("arm", "outcome"))
+                                ("arm", "outcome"), max_series=64)
         self.ingested = r.counter("esdistill_ingest_documents_total", "Documents received by ingest result.",
-                                  ("result",))
+                                  ("result",), max_series=8)
         self.es_unavailable = r.counter("esdistill_es_unavailable_total",
                                         "Requests answered 503 because Elasticsearch was unavailable.",
-                                        ("route",))
-        self.ready = r.gauge("esdistill_ready", "1 when the last readiness check passed, else 0.")
+                                        ("route",), max_series=32)
+        self.ready = r.gauge("esdistill_ready", "1 when the last readiness check passed, else 0.", max_series=1)
+
+    @property
+    def max_series(self) -> int:
+        """The most series ``/metrics`` can ever show (histograms count once per label set)."""
+        return self.registry.max_series
 
     def render(self) -> str:
         return self.registry.render()

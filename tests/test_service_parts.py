@@ -101,6 +101,56 @@ def test_metrics_cap_label_sets_and_reject_misuse():
         reg.histogram("h", "h", ("le",))
 
 
+def test_service_metrics_have_a_hard_bound_on_series():
+    m = ServiceMetrics()
+    bound = m.max_series
+    assert 0 < bound < 1000
+    for i in range(5000):  # what a client could make of labels if they were not closed sets
+        m.requests.inc(route=f"/r{i}", method=f"M{i}", status=str(i))
+        m.request_latency.observe(0.01, route=f"/r{i}")
+        m.es_unavailable.inc(route=f"/r{i}")
+    text = m.render()
+    series = {line.split(" ")[0].split("{")[0] + "{" + line.split("{", 1)[1].split("}")[0]
+              for line in text.splitlines() if "{" in line and not line.startswith("#")}
+    # histograms expose one series per label set and bucket: count label sets, not lines
+    label_sets = {s.replace("_bucket", "").replace("_sum", "").replace("_count", "").split(',le="')[0]
+                  for s in series}
+    assert len(label_sets) <= bound, (len(label_sets), bound)
+    assert m.requests.value(route="other", method="other", status="other") == 5000 - m.requests.max_series
+    assert len(text) < 200_000
+    with pytest.raises(ValueError, match="max_series"):
+        Registry().counter("y_total", "y", ("a",), max_series=0)
+
+
+def test_transport_retries_log_one_line_unless_debug(caplog):
+    """A retry used to log the whole traceback at WARNING; it is one line, with the traceback at DEBUG."""
+    from elasticsearch import ConnectionError as EsConnectionError
+    from esdistill.plugin import connect
+    from esdt_helpers import free_port
+
+    client = connect(f"http://127.0.0.1:{free_port()}", check=False, max_retries=2, retry_on_timeout=False)
+    transport_logger = logging.getLogger("elastic_transport.transport")
+    saved = transport_logger.level
+    try:
+        transport_logger.setLevel(logging.WARNING)
+        caplog.set_level(logging.WARNING, logger="elastic_transport")
+        with pytest.raises(EsConnectionError):
+            client.options(request_timeout=1).indices.exists(index="x")
+        retries = [r for r in caplog.records if "Retrying request" in r.getMessage()]
+        assert len(retries) == 2
+        assert all(r.exc_info is None and "ConnectionError" in r.getMessage() for r in retries)
+        assert "Traceback" not in caplog.text
+        caplog.clear()
+        transport_logger.setLevel(logging.DEBUG)  # -vv: the traceback is kept
+        with pytest.raises(EsConnectionError):
+            client.options(request_timeout=1).indices.exists(index="x")
+        retries = [r for r in caplog.records if "Retrying request" in r.getMessage()]
+        assert retries and all(r.exc_info is not None for r in retries)
+    finally:
+        transport_logger.setLevel(saved)
+        client.close()
+
+
 # ---------------------------------------------------------------------------------------- guards
 def test_api_key_guard_answers_401_403_200():
     g = ApiKeyGuard((hashlib.sha256(KEY.encode()).digest(), hashlib.sha256(b"other-key-0123456789").digest()))

@@ -299,10 +299,6 @@ class CircuitBreaker:
                 logger.warning("circuit breaker opened after %d consecutive failure(s); retry in %.1f s",
                                self._failures, self.cooldown_s)
 
-    def snapshot(self) -> dict[str, Any]:
-        """State for metrics and health endpoints."""
-        return {"state": self.state, "consecutive_failures": self._failures, "times_opened": self.times_opened}
-
 
 @dataclass
 class RerankConfig:

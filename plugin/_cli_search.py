@@ -32,7 +32,12 @@ def _hook(args: argparse.Namespace) -> Any:
         fusion=args.fusion, linear_weight=args.weight, num_candidates=args.num_candidates,
         rerank=RerankConfig(top_n=args.rerank_top_n), max_k=max(1000, args.k),
     )
-    return QueryHook.open(args.index, args.model, rerank_model=args.rerank, threads=args.threads, config=config)
+    model = None
+    if args.model is not None:
+        from esdistill.plugin.models import exported_model
+
+        model = exported_model(args.model)
+    return QueryHook.open(args.index, model, rerank_model=args.rerank, threads=args.threads, config=config)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -64,15 +69,24 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from esdistill.plugin.evaluate import evaluate, load_beir, require_ir_measures
+    import sys
+
+    from esdistill.plugin.evaluate import evaluate, load_beir, qrels_coverage, require_ir_measures
 
     require_ir_measures()
     collection = load_beir(args.collection, split=args.split)
     hook = _hook(args)
+    items = list(collection.queries)[:args.limit]
+    coverage = qrels_coverage(hook.client, args.index, {q: collection.qrels[q] for q in items})
+    warning = coverage.warning(args.index)
+    if warning:
+        print(f"esdistill: warning: {warning}", file=sys.stderr)
     report = evaluate(hook, collection, k=args.k, mode=args.mode, rerank=args.rerank is not None,
                       budget_ms=args.budget_ms, limit=args.limit,
                       progress=False if args.no_progress else None)
     if not args.json:
+        if warning:
+            print(f"WARNING: {warning}")
         m, lat, st = report.metrics, report.latency_ms, report.stage_ms
         label = args.mode + ("+rerank" if args.rerank else "")
         print(f"{collection.name}/{collection.split} on {args.index}: {label}, {report.queries} queries, k={args.k}")
@@ -83,14 +97,15 @@ def _eval(args: argparse.Namespace) -> int:
         if report.rerank_outcomes:
             print(f"  rerank outcomes: {report.rerank_outcomes}")
     else:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "qrels_coverage": coverage.to_dict()}))
     return 0
 
 
 def _common(p: argparse.ArgumentParser, *, k: int) -> None:
     p.add_argument("--index", required=True, help="index or alias to search")
     p.add_argument("--model", default=None, metavar="DIR",
-                   help="exported student folder (ONNX + manifest.json); not needed for --mode bm25")
+                   help="exported student folder (ONNX + manifest.json) or a packaged name (minilm, exported once "
+                        "and reused); not needed for --mode bm25")
     p.add_argument("--mode", choices=("knn", "hybrid", "bm25"), default="knn", help="retrieval mode (default knn)")
     p.add_argument("--k", type=int, default=k, help=f"hits per query (default {k})")
     p.add_argument("--rerank", default=None, metavar="TEACHER_DIR",

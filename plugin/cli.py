@@ -25,7 +25,7 @@ logger = logging.getLogger("esdistill")
 COMMAND_MODULES = (
     "esdistill.deploy.cli",
     "esdistill.plugin._cli_models",
-    "esdistill.plugin._cli_index",     # index create|info|reindex|rollback, ingest
+    "esdistill.plugin._cli_index",     # index create|info|adopt|reindex|rollback|prune, ingest, sync, delete
     "esdistill.plugin._cli_search",    # search, eval
     "esdistill.plugin._cli_serve",     # serve (needs the serve extra when run)
     "esdistill.export.cli",            # export (needs the export extra when run)

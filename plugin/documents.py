@@ -12,6 +12,12 @@ embedded again::
     >>> doc.id, doc.text
     ('d1', 'Mitochondria make ATP')
 
+**Is a stored vector still true?** A document's ``content_hash`` field proves which text its
+vector was made from. Ingestion stores :func:`content_hash` (over the whole stored document);
+:mod:`~esdistill.plugin.sync` and in-place adoption store :func:`text_hash` (over the embedded text
+only, so that a change of a non-text field, a counter say, does not trigger a re-embedding).
+:func:`vector_is_current` accepts either: both change whenever the embedded text changes.
+
 A bad document (not an object, no text, a text field that is not a string, a bad id) makes
 :func:`prepare` raise :class:`BadDocument` with the reason, so the caller can dead-letter it.
 :func:`read_jsonl` never raises on a bad line: it yields a :class:`Record` that carries the error,
@@ -37,6 +43,9 @@ __all__ = [
     "content_hash",
     "prepare",
     "read_jsonl",
+    "strip_reserved",
+    "text_hash",
+    "vector_is_current",
 ]
 
 #: fields esdistill writes into every document (plus the index's vector field)
@@ -146,6 +155,37 @@ def content_hash(source: dict[str, Any], text_fields: tuple[str, ...], separator
     h.update(b"\n")
     h.update(_canonical(source))
     return h.hexdigest()
+
+
+def text_hash(text: str) -> str:
+    """sha256 (hex) of exactly the text a model embedded (a domain prefix keeps it apart from
+    :func:`content_hash`, so the two can never be mistaken for each other).
+
+    Example:
+        >>> text_hash("Mitochondria make ATP") == text_hash("Mitochondria make ATP")
+        True
+    """
+    return hashlib.sha256(b"esdistill-text\n" + text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def strip_reserved(source: dict[str, Any], vector_field: str) -> dict[str, Any]:
+    """``source`` without esdistill's own fields (its vector and bookkeeping fields)."""
+    drop = {vector_field, *RESERVED_FIELDS}
+    return {k: v for k, v in source.items() if k not in drop}
+
+
+def vector_is_current(stored: dict[str, Any], doc: PreparedDocument, fingerprint: str) -> bool:
+    """True when the stored bookkeeping fields prove the vector was made from ``doc.text`` by the
+    model ``fingerprint``.
+
+    Args:
+        stored: the stored document (its ``content_hash`` and ``model_fingerprint`` are read).
+        doc: the document as it is now (:func:`prepare` of the stored fields).
+        fingerprint: the model that must have made the vector.
+    """
+    if stored.get("model_fingerprint") != fingerprint:
+        return False
+    return stored.get("content_hash") in (doc.content_hash, text_hash(doc.text))
 
 
 def _stable_id(value: Any, field_name: str) -> str:

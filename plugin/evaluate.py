@@ -33,10 +33,12 @@ from esdistill.plugin._errors import ConfigError
 __all__ = [
     "Collection",
     "EvalReport",
+    "QrelsCoverage",
     "compute_metrics",
     "evaluate",
     "latency_summary",
     "load_beir",
+    "qrels_coverage",
     "require_ir_measures",
 ]
 
@@ -118,6 +120,62 @@ def load_beir(folder: str | os.PathLike[str], *, split: str = "test") -> Collect
         raise ConfigError(f"{qrels_path} has no query with a relevant document")
     queries = {q: texts[q] for q in qrels}
     return Collection(name=root.name, split=split, queries=queries, qrels=qrels)
+
+
+@dataclass
+class QrelsCoverage:
+    """How many of the judged documents are in the index.
+
+    A document the qrels call relevant but the index does not hold can never be retrieved, so a
+    partial index silently lowers every metric; :func:`qrels_coverage` measures it.
+
+    Attributes:
+        judged: distinct documents the qrels grade as relevant.
+        found: how many of them the index holds.
+        missing_examples: a few of the missing ids.
+    """
+
+    judged: int
+    found: int
+    missing_examples: list[str] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.found / self.judged if self.judged else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"judged": self.judged, "found": self.found, "share": round(self.share, 4),
+                "missing_examples": list(self.missing_examples)}
+
+    def warning(self, index: str) -> str | None:
+        """A sentence to show when some judged documents are missing (``None`` when all are there)."""
+        if self.found == self.judged:
+            return None
+        return (f"{self.judged - self.found} of the {self.judged} judged relevant documents are not in index "
+                f"{index!r} (found {self.share:.1%}, e.g. {', '.join(self.missing_examples)}): every metric is "
+                "lower than the model's real quality; ingest the whole collection first")
+
+
+def qrels_coverage(client: Any, index: str, qrels: Mapping[str, Mapping[str, int]], *,
+                   batch: int = 1000) -> QrelsCoverage:
+    """Look up every document the qrels grade as relevant (grade > 0) in ``index``.
+
+    Example:
+        >>> qrels_coverage(client, "scifact", collection.qrels).share     # doctest: +SKIP
+        1.0
+    """
+    ids = sorted({d for docs in qrels.values() for d, grade in docs.items() if grade > 0})
+    found = 0
+    missing: list[str] = []
+    for start in range(0, len(ids), batch):
+        chunk = ids[start:start + batch]
+        resp = client.mget(index=index, ids=chunk, source=False)
+        for doc in resp["docs"]:
+            if doc.get("found"):
+                found += 1
+            elif len(missing) < 5:
+                missing.append(doc["_id"])
+    return QrelsCoverage(judged=len(ids), found=found, missing_examples=missing)
 
 
 def require_ir_measures() -> Any:

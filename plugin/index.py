@@ -3,13 +3,17 @@
 An esdistill index is an **alias** (the name users search and ingest into) that points at one
 **physical index** ``<alias>-000001``, ``<alias>-000002``, ... Each physical index holds the vectors
 of exactly one model, and says which in its mapping ``_meta`` (model fingerprint, name, dims,
-similarity, text fields, vector field). A model whose fingerprint or dims differ is refused by
-:meth:`IndexManager.check_model`, which ingestion and search both call.
+similarity, text fields, vector field): at the top of ``_meta`` in an index esdistill created,
+under the key ``esdistill`` in an index it adopted (the team's own ``_meta`` keys stay as they
+are). A model whose fingerprint or dims differ is refused by :meth:`IndexManager.check_model`,
+which ingestion and search both call.
 
-Changing the model is a **blue/green re-embedding**: :meth:`IndexManager.reindex` builds the next
-physical index from the documents' stored text (read through a point-in-time), verifies the counts,
-then moves the alias in one atomic ``_aliases`` call. The old index stays for
-:meth:`IndexManager.rollback`::
+An index a team already runs is **adopted** (:meth:`IndexManager.adopt`, :mod:`esdistill.plugin.adopt`)
+in place or by a copy. Changing the model is a **blue/green re-embedding**:
+:meth:`IndexManager.reindex` copies the documents into the next physical index while the old one
+stays live, catches up on writes made meanwhile, verifies every document by id and version, then
+moves the alias in one atomic ``_aliases`` call (:mod:`esdistill.plugin._bluegreen`). The old
+index stays for :meth:`IndexManager.rollback`::
 
     >>> mgr = IndexManager(client, "scifact")                           # doctest: +SKIP
     >>> mgr.create(Manifest.load("runs/minilm-int8"))                   # doctest: +SKIP
@@ -19,10 +23,9 @@ then moves the alias in one atomic ``_aliases`` call. The old index stays for
     >>> mgr.rollback()                                                  # doctest: +SKIP
     ('scifact-000002', 'scifact-000001')
 
-Writes that reach the old index while a reindex runs are detected (its count changes) and the swap
-is refused; re-run the reindex, or ingest again after the swap (ids are stable, so it is safe). An
-interrupted reindex is resumed by running it again: the unfinished newer version (same previous
-index, model and layout) is reused, and the documents already in it are not embedded again.
+An interrupted reindex is resumed by running it again: the unfinished newer version (marked
+``building``, same previous index, model and layout) is reused, and the documents already in it
+are not embedded again. A version that ever took the alias is never reused that way.
 """
 
 from __future__ import annotations
@@ -30,22 +33,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from esdistill.plugin._errors import ConfigError, FingerprintError, IngestError
+from esdistill.plugin._errors import ConfigError, FingerprintError
 from esdistill.plugin.documents import RESERVED_FIELDS
 from esdistill.plugin.manifest import Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from esdistill.plugin.ingest import IngestSummary
+    from esdistill.plugin._copy import CopySummary
+    from esdistill.plugin.adopt import AdoptResult
 
 __all__ = [
     "INDEX_OPTIONS",
     "META_FORMAT",
+    "META_KEY",
     "IndexInfo",
     "IndexManager",
     "IndexMeta",
@@ -53,6 +56,10 @@ __all__ = [
     "ReindexResult",
     "VersionInfo",
     "build_index_body",
+    "merged_meta",
+    "new_meta",
+    "team_meta",
+    "vector_property",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,10 @@ logger = logging.getLogger(__name__)
 INDEX_OPTIONS = ("int8_hnsw", "hnsw", "flat", "int8_flat", "int4_hnsw", "int4_flat", "bbq_hnsw", "bbq_flat")
 #: version of the ``_meta`` layout below
 META_FORMAT = 1
+#: esdistill's bookkeeping fields in every index it writes vectors into
+BOOKKEEPING_PROPERTIES = {"content_hash": {"type": "keyword"}, "model_fingerprint": {"type": "keyword"}}
+#: the key of mapping ``_meta`` that holds esdistill's metadata in an index it did not create
+META_KEY = "esdistill"
 _HNSW = ("int8_hnsw", "hnsw", "int4_hnsw", "bbq_hnsw")
 _VERSION_DIGITS = 6
 _BAD_NAME = re.compile(r'[\\/*?"<>| ,#:A-Z]')
@@ -149,6 +160,8 @@ class IndexMeta:
     previous_index: str | None = None
     created_at: str = ""
     esdistill_format: int = META_FORMAT
+    building: bool = False
+    write_blocked: str | None = None
 
     def to_meta(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -157,22 +170,61 @@ class IndexMeta:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None, index: str) -> IndexMeta:
-        """Parse a mapping ``_meta``; raise :class:`ConfigError` when it is not esdistill's."""
-        if not meta or "model_fingerprint" not in meta or "esdistill_format" not in meta:
+        """Parse a mapping ``_meta`` (esdistill's keys at the top, or under :data:`META_KEY`); raise
+        :class:`ConfigError` when it is not esdistill's."""
+        ours = _own_meta(meta)
+        if ours is None:
             raise ConfigError(
                 f"index {index!r} was not created by esdistill (its mapping _meta has no model "
-                "fingerprint), so esdistill cannot tell which model made its vectors. Create an index with "
-                "`esdistill index create NAME --model DIR`."
+                "fingerprint), so esdistill cannot tell which model made its vectors. Adopt it with "
+                f"`esdistill index adopt {index} --model DIR --text-fields F1,F2 --in-place` (or --copy), or "
+                "create an index with `esdistill index create NAME --model DIR`."
             )
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in meta.items() if k in known}
+        values = {k: v for k, v in ours.items() if k in known}
         values["text_fields"] = tuple(values.get("text_fields") or ())
         return cls(**values)
 
 
+def _own_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """esdistill's part of a mapping ``_meta``, or ``None``."""
+    if not meta:
+        return None
+    nested = meta.get(META_KEY)
+    if isinstance(nested, dict) and "model_fingerprint" in nested and "esdistill_format" in nested:
+        return nested
+    if "model_fingerprint" in meta and "esdistill_format" in meta:
+        return meta
+    return None
+
+
+def merged_meta(existing: dict[str, Any] | None, meta: IndexMeta) -> dict[str, Any]:
+    """The whole mapping ``_meta`` to write: everyone else's keys unchanged, esdistill's replaced.
+
+    An index made by ``esdistill index create`` keeps esdistill's keys at the top of ``_meta``;
+    any other index gets them under :data:`META_KEY` (with ``fingerprint``, which the query hook
+    reads there).
+    """
+    existing = dict(existing or {})
+    if _own_meta(existing) is existing:
+        return meta.to_meta()
+    existing[META_KEY] = {**meta.to_meta(), "fingerprint": meta.model_fingerprint}
+    return existing
+
+
+def team_meta(existing: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys of a mapping ``_meta`` that are not esdistill's."""
+    existing = dict(existing or {})
+    if _own_meta(existing) is existing:
+        return {}
+    existing.pop(META_KEY, None)
+    return existing
+
+
 @dataclass
 class VersionInfo:
-    """One physical index behind an alias."""
+    """One physical index behind an alias (``esdistill`` is False for an original kept for rollback,
+    which holds no esdistill vectors; its model fields are then empty)."""
 
     index: str
     docs: int
@@ -183,35 +235,88 @@ class VersionInfo:
     index_options: str
     created_at: str
     previous_index: str | None
+    esdistill: bool = True
+    building: bool = False
 
 
 @dataclass
 class IndexInfo:
-    """An alias and its physical indices (oldest first)."""
+    """An alias and its physical indices (oldest first), and how true the current vectors are
+    (``vectors``: a :class:`~esdistill.plugin.sync.VectorHealth` as a dict, when asked for)."""
 
     alias: str
     current: str
     versions: list[VersionInfo]
+    vectors: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.vectors is not None:
+            out.update({k: self.vectors[k] for k in ("missing_vectors", "stale_vectors")})
+        return out
 
 
 @dataclass
 class ReindexResult:
-    """Outcome of a blue/green re-embedding."""
+    """Outcome of a blue/green re-embedding (or of ``adopt --copy``).
+
+    Attributes:
+        alias: the name users search.
+        old_index: the index the alias (or the concrete index of that name) was.
+        new_index: the index the alias points at now.
+        docs: documents in the new index.
+        seconds: wall time.
+        summary: what the copy did (a :class:`~esdistill.plugin._copy.CopySummary`).
+        rollback_index: where the old data is kept (``old_index``, or its clone ``<alias>-000000``
+            when the old index was a concrete index of the alias's name).
+    """
 
     alias: str
     old_index: str
     new_index: str
     docs: int
     seconds: float
-    summary: IngestSummary
+    summary: CopySummary
+    rollback_index: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}
         out["summary"] = self.summary.to_dict()
         return out
+
+
+def vector_property(manifest: Manifest, *, index_options: str, m: int | None = None,
+                    ef_construction: int | None = None) -> dict[str, Any]:
+    """The ``dense_vector`` mapping of a field holding ``manifest``'s vectors.
+
+    Raises:
+        ConfigError: the model is not a bi-encoder, or it is a query encoder (trained query-side
+            only), whose document model must build the index instead.
+    """
+    if manifest.kind != "bi-encoder":
+        raise ConfigError(f"model {manifest.name!r} is a {manifest.kind}; an index needs a bi-encoder's vectors")
+    if manifest.document_fingerprint:
+        raise ConfigError(f"model {manifest.name!r} is a query encoder (trained query-side only): an index is built "
+                          "with its document model (the export it is paired with), not with it")
+    options: dict[str, Any] = {"type": index_options}
+    if m is not None:
+        options["m"] = m
+    if ef_construction is not None:
+        options["ef_construction"] = ef_construction
+    return {"type": "dense_vector", "dims": int(manifest.dims), "index": True, "similarity": manifest.similarity,
+            "index_options": options}
+
+
+def new_meta(manifest: Manifest, *, vector_field: str, text_fields: tuple[str, ...], index_options: str,
+             alias: str, previous_index: str | None = None, building: bool = False) -> IndexMeta:
+    """The esdistill meta of an index that holds ``manifest``'s vectors, stamped now."""
+    return IndexMeta(
+        model_fingerprint=manifest.fingerprint, model_name=manifest.name, dims=int(manifest.dims),
+        similarity=manifest.similarity, vector_field=vector_field, text_fields=tuple(text_fields),
+        index_options=index_options, alias=alias, quantization=manifest.quantization,
+        max_seq_length=int(manifest.max_seq_length), previous_index=previous_index,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), building=building,
+    )
 
 
 def build_index_body(manifest: Manifest, spec: IndexSpec, *, alias: str = "",
@@ -223,29 +328,15 @@ def build_index_body(manifest: Manifest, spec: IndexSpec, *, alias: str = "",
         >>> body["mappings"]["properties"]["embedding"]["dims"]                   # doctest: +SKIP
         384
     """
-    if manifest.kind != "bi-encoder":
-        raise ConfigError(f"model {manifest.name!r} is a {manifest.kind}; an index needs a bi-encoder's vectors")
-    options: dict[str, Any] = {"type": spec.index_options}
-    if spec.m is not None:
-        options["m"] = spec.m
-    if spec.ef_construction is not None:
-        options["ef_construction"] = spec.ef_construction
-    meta = IndexMeta(
-        model_fingerprint=manifest.fingerprint, model_name=manifest.name, dims=int(manifest.dims),
-        similarity=manifest.similarity, vector_field=spec.vector_field, text_fields=spec.text_fields,
-        index_options=spec.index_options, alias=alias, quantization=manifest.quantization,
-        max_seq_length=int(manifest.max_seq_length), previous_index=previous_index,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    vector = vector_property(manifest, index_options=spec.index_options, m=spec.m,
+                             ef_construction=spec.ef_construction)
+    meta = new_meta(manifest, vector_field=spec.vector_field, text_fields=spec.text_fields,
+                    index_options=spec.index_options, alias=alias, previous_index=previous_index)
     properties: dict[str, Any] = dict(spec.extra_properties)
     for name in spec.text_fields:
         properties[name] = {"type": "text", "analyzer": spec.analyzer}
-    properties["content_hash"] = {"type": "keyword"}
-    properties["model_fingerprint"] = {"type": "keyword"}
-    properties[spec.vector_field] = {
-        "type": "dense_vector", "dims": int(manifest.dims), "index": True,
-        "similarity": manifest.similarity, "index_options": options,
-    }
+    properties.update(BOOKKEEPING_PROPERTIES)
+    properties[spec.vector_field] = vector
     return {
         "settings": {"index": {"number_of_shards": spec.number_of_shards,
                                "number_of_replicas": spec.number_of_replicas}},
@@ -387,41 +478,70 @@ class IndexManager:
         self.client.indices.refresh(index=target)
         return int(self.client.count(index=target)["count"])
 
-    def info(self) -> IndexInfo:
-        """The alias, its current index and every version with its model and document count."""
+    def info(self, *, vectors: bool = False, exact_limit: int = 10_000) -> IndexInfo:
+        """The alias, its current index and every version with its model and document count.
+
+        Args:
+            vectors: also count the current index's missing and stale vectors
+                (:func:`~esdistill.plugin.sync.vector_health`: exact up to ``exact_limit``
+                documents with a vector, sampled above).
+            exact_limit: see ``vectors``.
+        """
         current = self.current()
         names = self.versions() or [current]
-        versions = []
+        if current not in names:
+            names.append(current)
+        out = []
         for name in names:
-            meta = self.meta(name)
-            versions.append(VersionInfo(
-                index=name, docs=int(self.client.count(index=name)["count"]), current=name == current,
-                model_name=meta.model_name, model_fingerprint=meta.model_fingerprint, dims=meta.dims,
-                index_options=meta.index_options, created_at=meta.created_at,
-                previous_index=meta.previous_index,
+            docs = int(self.client.count(index=name)["count"])
+            try:
+                meta = self.meta(name)
+            except ConfigError:  # an original kept for rollback
+                out.append(VersionInfo(index=name, docs=docs, current=name == current, model_name="",
+                                       model_fingerprint="", dims=0, index_options="", created_at="",
+                                       previous_index=None, esdistill=False))
+                continue
+            out.append(VersionInfo(
+                index=name, docs=docs, current=name == current, model_name=meta.model_name,
+                model_fingerprint=meta.model_fingerprint, dims=meta.dims, index_options=meta.index_options,
+                created_at=meta.created_at, previous_index=meta.previous_index, building=meta.building,
             ))
-        return IndexInfo(alias=self.alias, current=current, versions=versions)
+        health = None
+        if vectors:
+            from esdistill.plugin.sync import vector_health
 
-    # ------------------------------------------------------------------ changes
+            health = vector_health(self.client, self.alias, exact_limit=exact_limit).to_dict()
+        return IndexInfo(alias=self.alias, current=current, versions=out, vectors=health)
+
+    def update_meta(self, index: str, **changes: Any) -> IndexMeta:
+        """Change fields of ``index``'s esdistill meta (everyone else's ``_meta`` keys are kept)."""
+        mapping = next(iter(self.client.indices.get_mapping(index=index).values()))["mappings"]
+        existing = mapping.get("_meta") or {}
+        meta = dataclasses.replace(IndexMeta.from_meta(existing, index), **changes)
+        self.client.indices.put_mapping(index=index, meta=merged_meta(existing, meta))
+        return meta
+
     def _next_name(self) -> str:
         numbers = [int(self._version_re.fullmatch(v).group(1)) for v in self.versions()]  # type: ignore[union-attr]
         return f"{self.alias}-{(max(numbers, default=0) + 1):0{_VERSION_DIGITS}d}"
 
-    def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None) -> str:
+    def create_physical(self, name: str, *, settings: dict[str, Any], mappings: dict[str, Any],
+                        what: str) -> str:
+        """Create the physical index ``name`` (``what`` explains a refusal in the error)."""
         from elasticsearch import ApiError
 
-        if manifest.document_fingerprint:
-            raise ConfigError(f"model {manifest.name!r} is a query encoder (trained query-side only): an index is built "
-                              "with its document model (the export it is paired with), not with it")
-        name = self._next_name()
-        body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous)
         try:
-            self.client.indices.create(index=name, settings=body["settings"], mappings=body["mappings"],
-                                       wait_for_active_shards="1")
+            self.client.indices.create(index=name, settings=settings, mappings=mappings, wait_for_active_shards="1")
         except ApiError as exc:
-            reason = _api_reason(exc)
-            raise ConfigError(f"Elasticsearch refused to create index {name!r}: {reason}. Check the index "
-                              f"settings (index_options={spec.index_options!r}, dims={manifest.dims}).") from None
+            raise ConfigError(f"Elasticsearch refused to create index {name!r}: {_api_reason(exc)}. Check {what}.") \
+                from None
+        return name
+
+    def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None) -> str:
+        body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous)
+        name = self.create_physical(self._next_name(), settings=body["settings"], mappings=body["mappings"],
+                                    what=f"the index settings (index_options={spec.index_options!r}, "
+                                         f"dims={manifest.dims})")
         logger.info("created %s for model %s (%s…, %d dims, %s)", name, manifest.name,
                     manifest.short_fingerprint, manifest.dims, spec.index_options)
         return name
@@ -466,139 +586,121 @@ class IndexManager:
     ) -> ReindexResult:
         """Blue/green: re-embed every document into a new physical index, verify, swap the alias.
 
+        The index keeps taking writes while this runs, and none is lost: writes that reach the old
+        index during the copy are caught up, the old index is write-blocked for the last changes
+        and a per-document verification (id and version), then the alias moves in one atomic call
+        (see :mod:`esdistill.plugin._copy`). The old index stays for :meth:`rollback`. A concrete
+        index of the alias's name (adopted in place) is replaced by the alias; its data is kept in
+        the clone ``<alias>-000000``.
+
         Args:
             encoder: the new model (an ``OnnxEncoder``; its manifest goes into the new index).
             index_options / m / ef_construction / number_of_replicas: change these on the way
                 (default: as in the current index).
             batch_size: documents per embedding chunk and bulk request.
-            page_size: documents read per point-in-time page.
+            page_size: documents read per request.
             progress: show a progress bar (default: when stderr is a terminal).
-            dead_letter: where documents the new index refused are written.
+            dead_letter: unused (kept for compatibility): a document the new index refuses stops
+                the swap and is named in the error.
 
         Returns:
-            The old and new index names and the ingest summary.
+            The old and new index names and the copy summary.
 
         Raises:
-            ConfigError: the alias is not a versioned esdistill index.
-            IngestError: a document was refused or the counts differ; the alias is left unchanged
-                and the new index is kept for inspection (its name is in the message).
+            ConfigError: the alias is not an esdistill index.
+            IngestError: a document could not be carried over; the alias is left unchanged and the
+                new index is kept (run the reindex again to resume into it).
         """
-        from esdistill.plugin.ingest import IngestHook
+        from esdistill.plugin._bluegreen import blue_green
 
-        start = time.perf_counter()
         old = self.current()
-        if not self._version_re.fullmatch(old):
-            raise ConfigError(f"{old!r} is not a versioned esdistill index (<alias>-NNNNNN); only indices made "
-                              "by `esdistill index create` can be re-embedded blue/green")
         old_meta = self.meta(old)
-        spec = self.spec_of(old)
-        changes: dict[str, Any] = {}
-        if index_options is not None:
-            changes.update(index_options=index_options, m=m, ef_construction=ef_construction)
-        elif m is not None or ef_construction is not None:
-            changes.update(m=m, ef_construction=ef_construction)
-        if number_of_replicas is not None:
-            changes["number_of_replicas"] = number_of_replicas
-        spec = dataclasses.replace(spec, **changes)
-        expected = self.count(old)
-        new = self._unfinished_reindex(old, encoder.manifest, spec)
-        if new is not None:
-            logger.info("resuming the unfinished reindex of %s into %s: documents already there are skipped",
-                        self.alias, new)
-        else:
-            new = self._create_physical(encoder.manifest, spec, previous=old)
-        hook = IngestHook(self.client, new, encoder, text_fields=old_meta.text_fields, id_field="_id",
-                          batch_size=batch_size, skip_unchanged=True, progress=progress,
-                          dead_letter=dead_letter, description=f"reindex {self.alias}")
-        try:
-            summary = hook.ingest(self._scan(old, old_meta, page_size=page_size), total=expected)
-        except IngestError as exc:
-            raise IngestError(
-                f"reindex of {self.alias!r} into {new} stopped: {exc}. The alias still points at {old}; run the "
-                "reindex again to resume (documents already in the new index are not embedded again).",
-                summary=exc.summary,
-            ) from exc
-        got = self.count(new)
-        after = self.count(old)
-        problems = []
-        if summary.failed:
-            problems.append(f"{summary.failed} document(s) were refused (see the dead-letter file)")
-        if got != expected:
-            problems.append(f"the new index holds {got} documents, the old one {expected}")
-        if after != expected:
-            problems.append(f"the old index changed during the reindex ({expected} -> {after} documents); "
-                            "stop ingesting into it and run the reindex again")
-        if problems:
-            raise IngestError(
-                f"reindex of {self.alias!r} not swapped: {'; '.join(problems)}. The alias still points at "
-                f"{old}; {new} was kept for inspection (delete it when done).",
-                summary=summary,
-            )
-        self._point_alias_at(new, current=list(self._alias_targets()))
-        return ReindexResult(alias=self.alias, old_index=old, new_index=new, docs=got,
-                             seconds=time.perf_counter() - start, summary=summary)
+        return blue_green(self, encoder, text_fields=old_meta.text_fields, vector_field=old_meta.vector_field,
+                          index_options=index_options, m=m, ef_construction=ef_construction,
+                          number_of_replicas=number_of_replicas, batch_size=batch_size, page_size=page_size,
+                          progress=progress)
 
-    def _unfinished_reindex(self, old: str, manifest: Manifest, spec: IndexSpec) -> str | None:
-        """A newer version left by an interrupted reindex of ``old`` with the same model and layout."""
+    def adopt(self, encoder: Any, *, text_fields: tuple[str, ...] | list[str], vector_field: str = "embedding",
+              mode: str = "in-place", index_options: str | None = None, batch_size: int = 256,
+              progress: bool | None = None) -> AdoptResult:
+        """Make an index esdistill did not create searchable by ``encoder``'s vectors.
+
+        ``mode="in-place"`` adds the vector field and esdistill's bookkeeping fields to the
+        existing mapping and backfills vectors with conditional partial updates; ``mode="copy"``
+        copies the index blue/green into ``<alias>-000001`` with its whole mapping and settings
+        plus the vector field, and replaces a concrete index of this name by an alias of the same
+        name. See :mod:`esdistill.plugin.adopt`.
+
+        Raises:
+            ConfigError: no such index, a text field is not in its mapping, or a field clashes.
+            FingerprintError: the index was adopted with another model already.
+        """
+        from esdistill.plugin.adopt import adopt
+
+        return adopt(self, encoder, text_fields=tuple(text_fields), vector_field=vector_field, mode=mode,
+                     index_options=index_options, batch_size=batch_size, progress=progress)
+
+    def unfinished_copy(self, source: str, manifest: Manifest, *, vector_field: str,
+                        text_fields: tuple[str, ...], index_options: str | None) -> str | None:
+        """A newer version left ``building`` by an interrupted copy of ``source`` with the same
+        model and layout (a version that ever took the alias is never reused)."""
         for name in reversed(self.versions()):
-            if name <= old:
-                break
+            if name == source:
+                continue
             try:
                 meta = self.meta(name)
             except ConfigError:
                 continue
-            found = self.spec_of(name)
-            if (meta.previous_index == old and meta.model_fingerprint == manifest.fingerprint
-                    and (found.index_options, found.vector_field, found.text_fields)
-                    == (spec.index_options, spec.vector_field, spec.text_fields)):
+            if (meta.building and meta.previous_index == source and meta.model_fingerprint == manifest.fingerprint
+                    and meta.vector_field == vector_field and tuple(meta.text_fields) == tuple(text_fields)
+                    and (index_options is None or meta.index_options == index_options)):
                 return name
         return None
 
-    def _scan(self, index: str, meta: IndexMeta, *, page_size: int) -> Iterator[dict[str, Any]]:
-        """Every document of ``index`` as ``{"_id", ...stored fields}``, through a point-in-time."""
-        pit = self.client.open_point_in_time(index=index, keep_alive="10m")["id"]
-        excludes = [meta.vector_field, *RESERVED_FIELDS]
-        try:
-            after: list[Any] | None = None
-            while True:
-                kwargs: dict[str, Any] = {"search_after": after} if after is not None else {}
-                resp = self.client.search(pit={"id": pit, "keep_alive": "10m"}, size=page_size,
-                                          sort=[{"_shard_doc": "asc"}], track_total_hits=False,
-                                          source_excludes=excludes, **kwargs)
-                pit = resp.get("pit_id", pit)
-                hits = resp["hits"]["hits"]
-                if not hits:
-                    return
-                for hit in hits:
-                    yield {"_id": hit["_id"], **hit.get("_source", {})}
-                after = hits[-1]["sort"]
-        finally:
-            try:
-                self.client.close_point_in_time(id=pit)
-            except Exception:  # noqa: BLE001 - the PIT expires by itself
-                logger.debug("could not close point-in-time on %s", index)
+    def original_name(self) -> str:
+        """Where a concrete index of the alias's name is kept when the alias replaces it."""
+        return f"{self.alias}-{0:0{_VERSION_DIGITS}d}"
 
     def rollback(self, *, to: str | None = None) -> tuple[str, str]:
         """Point the alias back at the previous physical index (or ``to``) in one atomic call.
+
+        The previous index may be the team's original (``<alias>-000000`` after ``adopt --copy``,
+        or the index the alias pointed at before): it holds no esdistill vectors, and esdistill
+        search refuses it until it is adopted again.
 
         Returns:
             ``(from_index, to_index)``.
 
         Raises:
-            ConfigError: there is no previous index (or ``to`` is not one of this alias's versions).
+            ConfigError: there is no previous index (or ``to`` is neither one of this alias's
+                versions nor the current index's previous index).
         """
+        from esdistill.plugin._bluegreen import repair_interrupted
+
+        repair_interrupted(self)
         current = self.current()
+        try:
+            previous = self.meta(current).previous_index
+        except ConfigError:
+            previous = None
         if to is None:
-            to = self.meta(current).previous_index
+            to = previous
             if not to:
                 raise ConfigError(f"{current} has no previous index to roll back to")
         versions = self.versions()
-        if to not in versions:
+        allowed = set(versions) | ({previous} if previous else set())
+        if to not in allowed or not self.client.indices.exists(index=to):
             raise ConfigError(f"cannot roll {self.alias!r} back to {to!r}: it is not one of its versions "
                               f"({', '.join(versions) or 'none'}); it may have been deleted")
         if to == current:
             raise ConfigError(f"alias {self.alias!r} already points at {to}")
-        self.meta(to)  # refuses a non-esdistill index
+        if current == self.alias:
+            raise ConfigError(f"{self.alias!r} is a concrete index, not an alias: there is nothing to roll back")
+        try:
+            self.meta(to)
+        except ConfigError:
+            logger.warning("%s holds no esdistill vectors (the original index): esdistill search refuses it until "
+                           "it is adopted again", to)
         self._point_alias_at(to, current=list(self._alias_targets()))
         return current, to
 

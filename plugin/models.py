@@ -9,11 +9,16 @@ pins, and are unpacked once into a cache folder::
 
 Names: ``minilm`` (= ``all-MiniLM-L6-v2``, the default student) and ``mpnet``
 (= ``all-mpnet-base-v2``, the default bi-encoder teacher).
+
+Runtime commands need an *exported* model (ONNX + ``manifest.json``): :func:`exported_model`
+turns a packaged name into one by exporting it once into ``<cache>/exports/`` (int8) and reusing
+that export afterwards; without the export extra it says the exact command to run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -26,7 +31,15 @@ from pathlib import Path
 
 from esdistill.plugin._errors import ConfigError, ModelError
 
-__all__ = ["PACKAGED_MODELS", "PackagedModel", "fetch_model", "model_cache_dir", "resolve_model", "sha256_file"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "PackagedModel",
+    "exported_model",
+    "fetch_model",
+    "model_cache_dir",
+    "resolve_model",
+    "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +229,56 @@ def resolve_model(ref: str | os.PathLike[str]) -> Path | str:
     if text.count("/") > 1:
         raise ModelError(f"model folder {text!r} does not exist (and it is not a hub id)")
     return text
+
+
+def _export_dir(key: str) -> Path:
+    return model_cache_dir() / "exports" / f"{PACKAGED_MODELS[key].name}-int8"
+
+
+def exported_model(ref: str | os.PathLike[str]) -> Path:
+    """An exported model folder (ONNX + ``manifest.json``) for ``ref``.
+
+    Args:
+        ref: an exported folder (returned as is), or a packaged name (``minilm``, ``mpnet``):
+            exported to int8 ONNX once into ``<cache>/exports/<name>-int8`` (in a child process,
+            so the runtime never imports torch) and reused afterwards.
+
+    Raises:
+        ModelError: ``ref`` is a folder without ``manifest.json``, neither a folder nor a packaged
+            name, or the export extra is missing (the message gives the exact command to run).
+
+    Example:
+        >>> exported_model("minilm")          # doctest: +SKIP
+        PosixPath('/root/.cache/esdistill/models/exports/all-MiniLM-L6-v2-int8')
+    """
+    text = os.fspath(ref)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return path
+        raise ModelError(f"{text} has no manifest.json, so it is not an exported model; export it once with "
+                         f"`esdistill export {text} --out DIR` and pass --model DIR")
+    key = _packaged_key(text)
+    if key is None:
+        raise ModelError(f"--model {text!r} is neither an exported model folder nor a packaged name "
+                         f"({', '.join(sorted(PACKAGED_MODELS))}); export a model with `esdistill export MODEL --out DIR` "
+                         "and pass --model DIR")
+    out = _export_dir(key)
+    if (out / "manifest.json").is_file():
+        return out
+    command = f"esdistill export {key} --out {out}"
+    if importlib.util.find_spec("torch") is None:
+        raise ModelError(f"--model {text}: the packaged model must be exported to ONNX once, which needs the export "
+                         f"extra. Run: pip install 'esdistill[export]' && {command} (then --model {text} reuses it)")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    logger.info("exporting the packaged model %s once into %s (reused afterwards)", key, out)
+    proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "-q", "export", key, "--out", str(tmp)],
+                          check=False, capture_output=True, text=True)
+    if proc.returncode != 0 or not (tmp / "manifest.json").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"exporting the packaged model {key!r} failed ({proc.stderr.strip()[-500:]}); run it "
+                         f"yourself to see why: {command}")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

@@ -1,5 +1,6 @@
 """Index management against a real Elasticsearch: mapping from a manifest, versions behind an alias,
-the model check, blue/green re-embedding, rollback, prune, and the ``esdistill index`` CLI."""
+the model check, blue/green re-embedding, rollback, prune, and the ``esdistill index`` CLI (with
+``index create --mapping``)."""
 
 from __future__ import annotations
 
@@ -186,15 +187,33 @@ class _WritesDuringReindex:
         return self.inner.encode_with_info(texts, **kw)
 
 
-def test_reindex_refuses_to_swap_when_the_old_index_changed(es_client, index_prefix, encoder_a, encoder_b):
+def test_reindex_carries_over_a_write_made_during_the_copy(es_client, index_prefix, encoder_a, encoder_b):
+    """A document written into the old index while the copy runs is in the new one after the swap
+    (the old code refused the swap, or lost updates that kept the count the same)."""
     mgr = IndexManager(es_client, index_prefix)
     first = mgr.create(encoder_a.manifest)
     IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
-    with pytest.raises(IngestError, match="changed during the reindex") as err:
-        mgr.reindex(_WritesDuringReindex(encoder_b, es_client, first))
-    assert _alias_targets(es_client, index_prefix) == [first]  # not swapped
-    assert err.value.summary.indexed == 24
-    assert f"{index_prefix}-000002" in str(err.value)
+    result = mgr.reindex(_WritesDuringReindex(encoder_b, es_client, first))
+    assert _alias_targets(es_client, index_prefix) == [result.new_index]
+    assert result.docs == 25 and result.summary.caught_up >= 1 and result.summary.verified == 25
+    late = es_client.get(index=index_prefix, id="late")["_source"]
+    assert late["title"] == "late" and late["model_fingerprint"] == encoder_b.manifest.fingerprint
+
+
+def test_reindex_after_rollback_and_a_delete_makes_a_fresh_version(es_client, index_prefix, encoder_a, encoder_b):
+    """A version that once took the alias is never 'resumed': after rollback plus one delete, the
+    old code resumed into the stale newer version and refused the swap (counts differ) until prune."""
+    mgr = IndexManager(es_client, index_prefix)
+    first = mgr.create(encoder_a.manifest)
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
+    second = mgr.reindex(encoder_b).new_index
+    assert mgr.rollback() == (second, first)
+    es_client.delete(index=index_prefix, id="d03", refresh=True)
+    result = mgr.reindex(encoder_b)
+    assert result.new_index == f"{index_prefix}-000003" and result.old_index == first
+    assert result.docs == 23 and _alias_targets(es_client, index_prefix) == [result.new_index]
+    assert not es_client.exists(index=index_prefix, id="d03")
+    assert mgr.count(second) == 24  # the stale version is left as it was, for prune
 
 
 def test_reindex_can_change_index_options(es_client, index_prefix, encoder_a):
@@ -265,7 +284,7 @@ def test_an_interrupted_reindex_resumes_into_the_same_new_index(es_client, index
     mgr = IndexManager(es_client, index_prefix)
     first = mgr.create(encoder_a.manifest)
     IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest_jsonl(CORPUS)
-    with pytest.raises(IngestError, match="run the reindex again"):
+    with pytest.raises(IngestError, match="run the same command again to resume"):
         mgr.reindex(_CrashesOnCall(encoder_b, 3), batch_size=5)
     assert _alias_targets(es_client, index_prefix) == [first]
     partial = mgr.count(f"{index_prefix}-000002")
@@ -274,3 +293,27 @@ def test_an_interrupted_reindex_resumes_into_the_same_new_index(es_client, index
     assert result.new_index == f"{index_prefix}-000002" and mgr.versions() == [first, result.new_index]
     assert (result.summary.unchanged, result.summary.indexed) == (partial, 24 - partial)
     assert _alias_targets(es_client, index_prefix) == [result.new_index] and result.docs == 24
+
+
+def test_cli_index_create_merges_a_mapping_file(es_client, es_url, index_prefix, encoder_a, tmp_path, monkeypatch,
+                                                capsys):
+    from esdistill.plugin.cli import main
+
+    monkeypatch.setenv("ESDISTILL_ES_URL", es_url)
+    model = str(model_folder(encoder_a))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"properties": {"category": "keyword"}}')
+    assert main(["index", "create", index_prefix, "--model", model, "--mapping", str(bad)]) == 2
+    assert "--mapping" in capsys.readouterr().err and not es_client.indices.exists_alias(name=index_prefix)
+    good = tmp_path / "mapping.json"
+    good.write_text(json.dumps({"properties": {"category": {"type": "keyword"}, "year": {"type": "integer"}}}))
+    assert main(["index", "create", index_prefix, "--model", model, "--mapping", str(good), "--json"]) == 0
+    physical = json.loads(capsys.readouterr().out)["index"]
+    props = es_client.indices.get_mapping(index=physical)[physical]["mappings"]["properties"]
+    assert props["category"] == {"type": "keyword"} and props["year"] == {"type": "integer"}
+    docs = [dict(json.loads(line), category="odd" if i % 2 else "even") for i, line in
+            enumerate(CORPUS.read_text().splitlines())]
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest(docs)
+    # a filter on the keyword field works from the first document
+    hits = es_client.search(index=index_prefix, query={"term": {"category": "odd"}}, size=100)["hits"]["hits"]
+    assert len(hits) == 12 and {h["_source"]["category"] for h in hits} == {"odd"}

@@ -20,7 +20,7 @@ from esdistill.plugin._errors import ConfigError
 from esdistill.plugin._pipeline import EmbedBatch, run_pipeline, vector_format, vector_value
 from esdistill.plugin._scan import scan
 from esdistill.plugin._writes import action_line, bulk_outcomes
-from esdistill.plugin.documents import BadDocument, DocumentSpec, prepare, strip_reserved
+from esdistill.plugin.documents import BadDocument, DocumentSpec, prepare, strip_reserved, text_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     from esdistill.plugin.index import IndexMeta
@@ -194,7 +194,12 @@ class Copier:
             if doc is None:
                 batch.extra["plain"].append((hit, source))
             else:
-                batch.items.append((hit, source, doc.content_hash))
+                # a document ingested by esdistill keeps its whole-document hash (a later ingest of the same
+                # input then skips it); any other gets the hash of its text (a change of another field
+                # does not make its vector stale)
+                stored_hash = (hit.get("_source") or {}).get("content_hash")
+                chash = doc.content_hash if stored_hash == doc.content_hash else text_hash(doc.text)
+                batch.items.append((hit, source, chash))
                 batch.texts.append(doc.text)
         bar.update(len(page))
         return batch

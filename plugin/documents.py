@@ -35,12 +35,14 @@ from typing import IO, Any
 from esdistill.plugin._errors import ConfigError
 
 __all__ = [
+    "OP_FIELD",
     "RESERVED_FIELDS",
     "BadDocument",
     "DocumentSpec",
     "PreparedDocument",
     "Record",
     "content_hash",
+    "delete_target",
     "prepare",
     "read_jsonl",
     "strip_reserved",
@@ -48,6 +50,8 @@ __all__ = [
     "vector_is_current",
 ]
 
+#: a record ``{"_id": ..., "_op": "delete"}`` deletes that document (``"index"``, the default, indexes it)
+OP_FIELD = "_op"
 #: fields esdistill writes into every document (plus the index's vector field)
 RESERVED_FIELDS = ("content_hash", "model_fingerprint")
 #: Elasticsearch refuses ids longer than this many UTF-8 bytes
@@ -199,6 +203,26 @@ def _stable_id(value: Any, field_name: str) -> str:
     return text
 
 
+def delete_target(doc: Any, spec: DocumentSpec) -> str | None:
+    """The id a delete record (``{"_id": "d1", "_op": "delete"}``) deletes; ``None`` for any other record.
+
+    Raises:
+        BadDocument: ``_op`` is neither ``index`` nor ``delete``, or a delete has no valid id.
+
+    Example:
+        >>> delete_target({"_id": "d1", "_op": "delete"}, DocumentSpec())
+        'd1'
+    """
+    if not isinstance(doc, dict) or OP_FIELD not in doc or doc[OP_FIELD] == "index":
+        return None
+    if doc[OP_FIELD] != "delete":
+        raise BadDocument(f'"{OP_FIELD}" is {doc[OP_FIELD]!r}: use "index" (the default) or "delete"')
+    value = doc.get(spec.id_field)
+    if value is None:
+        raise BadDocument(f'a delete ("{OP_FIELD}": "delete") needs the id field {spec.id_field!r}')
+    return _stable_id(value, spec.id_field)
+
+
 def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
     """Validate one document and compute its id, text and content hash.
 
@@ -215,6 +239,8 @@ def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
     if not isinstance(doc, dict):
         raise BadDocument(f"a document must be a JSON object, got {type(doc).__name__}")
     source = dict(doc)
+    if source.get(OP_FIELD) == "index":
+        del source[OP_FIELD]
     given_id = source.pop(spec.id_field, None) if spec.id_field == "_id" else source.get(spec.id_field)
     reserved = [f for f in spec.reserved if f in source]
     if reserved:

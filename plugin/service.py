@@ -6,9 +6,11 @@ imports a web framework. Routes:
 =========================  =====================================================================
 ``POST /v1/search``        kNN / hybrid / BM25 search, optional teacher rerank, A/B arms
 ``POST /v1/ingest``        embed and index a batch of documents
+``DELETE /v1/documents/ID``  delete one document (404 when it is not there)
 ``GET /v1/index/{name}``   the alias, its physical indices and their models (name must be ours)
 ``GET /healthz``           the process is alive (no Elasticsearch call)
-``GET /readyz``            Elasticsearch reachable, the index present, the model matches its vectors
+``GET /readyz``            Elasticsearch reachable, the index present, the model matches its vectors;
+                           how many vectors are missing or stale (``vectors``, informative only)
 ``GET /metrics``           Prometheus text format
 ``GET /openapi.json``      the OpenAPI schema of all of the above (no ``/docs`` UI: it would load
                            scripts from a public CDN)
@@ -69,6 +71,8 @@ API_VERSION = "v1"
 _RETRY_AFTER_S = "5"
 #: a scrape of /metrics re-runs the readiness check when the last one is older than this
 _READY_MAX_AGE_S = 5.0
+#: how long /readyz reuses its count of missing and stale vectors
+_VECTORS_MAX_AGE_S = 30.0
 #: refused documents listed in one ingest answer (the counts are always complete)
 _MAX_ERRORS = 100
 
@@ -209,7 +213,42 @@ class ServiceState:
         self._ready_at = time.monotonic()
         # the short fingerprint only: /readyz answers without a key
         return {"ready": ready, "checks": checks, "reason": reason, "index": self.settings.index,
-                "model": {"name": self.manifest.name, "fingerprint": self.manifest.short_fingerprint}}
+                "model": {"name": self.manifest.name, "fingerprint": self.manifest.short_fingerprint},
+                "vectors": self.vector_health() if ready else None}
+
+    def vector_health(self, max_age_s: float = _VECTORS_MAX_AGE_S) -> dict[str, Any] | None:
+        """Missing and stale vectors of the served index (cached ``max_age_s``; ``None`` when they
+        cannot be counted). Exact up to a thousand documents with a vector, sampled above (the answer
+        says which); it never makes the service unready."""
+        now = time.monotonic()
+        cached = getattr(self, "_vectors", None)
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
+        from esdistill.plugin._bulk import RetryPolicy
+        from esdistill.plugin.sync import vector_health
+
+        try:
+            health = vector_health(self._fast_client(), self.settings.index, exact_limit=1000, sample=200,
+                                   refresh=False, policy=RetryPolicy(initial_delay=0.1, max_delay=0.2,
+                                                                     give_up_after=0.5)).to_dict()
+            report: dict[str, Any] | None = {k: health[k] for k in (
+                "missing_vectors", "stale_vectors", "stale_vectors_exact", "no_text", "checked", "counts")}
+        except Exception as exc:  # noqa: BLE001 - the counts are informative; readiness does not depend on them
+            logger.debug("could not count missing/stale vectors: %s", type(exc).__name__)
+            report = None
+        self._vectors = (now, report)
+        return report
+
+    def delete(self, doc_id: str, *, refresh: bool) -> dict[str, Any]:
+        """Delete one document of the served index; ``deleted`` is False when it was not there."""
+        from esdistill.plugin._bulk import RetryPolicy
+        from esdistill.plugin._writes import delete_documents
+
+        retry = RetryPolicy(initial_delay=0.2, max_delay=2.0, give_up_after=self.settings.ingest_retry_s)
+        result = delete_documents(self.client, self.settings.index, [doc_id], policy=retry, refresh=refresh)
+        if result.failed:
+            raise ConfigError(f"Elasticsearch refused to delete document {doc_id!r}")
+        return {"index": self.settings.index, "id": doc_id, "deleted": bool(result.deleted)}
 
     def refresh_ready_gauge(self, max_age_s: float = _READY_MAX_AGE_S) -> None:
         """Re-run the readiness check when the last one is older than ``max_age_s`` (a scrape calls it)."""
@@ -309,6 +348,7 @@ def create_app(settings: ServiceSettings):
     """
     _require_serve_extra()
     from fastapi import FastAPI, Request
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -437,6 +477,13 @@ def create_app(settings: ServiceSettings):
         reason: str | None
         index: str
         model: dict[str, str]
+        vectors: dict[str, Any] | None = Field(
+            None, description="missing_vectors, stale_vectors (exact, or sampled: see counts) of the served index")
+
+    class Deleted(BaseModel):
+        index: str
+        id: str
+        deleted: bool
 
     def err(code: int, description: str) -> dict[int, dict[str, Any]]:
         return {code: {"model": ErrorResponse, "description": description}}
@@ -563,6 +610,19 @@ def create_app(settings: ServiceSettings):
             return map_exception(exc, "/v1/ingest")
         metrics.ingested.inc(payload.get("indexed", 0), result="indexed")
         metrics.ingested.inc(payload.get("failed", 0), result="failed")
+        return payload
+
+    @app.delete(f"/{API_VERSION}/documents/{{doc_id}}", response_model=Deleted,
+                responses={**common, **err(404, "no such document"), **err(400, "refused")}, tags=["ingest"],
+                summary="Delete one document")
+    def delete_document(doc_id: Annotated[str, PathParam(min_length=1, max_length=512)], refresh: bool = True):
+        try:
+            payload = state.delete(doc_id, refresh=refresh)
+        except Exception as exc:  # noqa: BLE001
+            return map_exception(exc, "/v1/documents/{doc_id}")
+        if not payload["deleted"]:
+            return json_error(404, "not_found", f"no document with id {doc_id[:100]!r} in index {s.index!r}")
+        logger.info("deleted document %r", doc_id[:100])
         return payload
 
     @app.get(f"/{API_VERSION}/index/{{name}}", responses={**common, **err(404, "not this service's index")},

@@ -191,7 +191,7 @@ def _text_exists(fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 def vector_health(client: Any, index: str, *, exact_limit: int = 10_000, sample: int = 500,
-                  policy: RetryPolicy | None = None) -> VectorHealth:
+                  policy: RetryPolicy | None = None, refresh: bool = True) -> VectorHealth:
     """Count the documents of an esdistill index whose vector is missing or stale.
 
     Args:
@@ -200,6 +200,8 @@ def vector_health(client: Any, index: str, *, exact_limit: int = 10_000, sample:
         exact_limit: check every document when the index holds at most this many.
         sample: otherwise check this many random documents that have a vector and extrapolate.
         policy: backoff for transient failures.
+        refresh: refresh the index first, so that the last writes are counted (needs the
+            ``maintenance`` privilege; without it the counts lag by up to the refresh interval).
 
     Raises:
         ConfigError: the index is not an esdistill index.
@@ -217,7 +219,8 @@ def vector_health(client: Any, index: str, *, exact_limit: int = 10_000, sample:
         return int(call_with_retry(lambda: client.count(index=physical, query=query), what=f"count {physical}",
                                    policy=policy)["count"])
 
-    call_with_retry(lambda: client.indices.refresh(index=physical), what=f"refresh {physical}", policy=policy)
+    if refresh:
+        call_with_retry(lambda: client.indices.refresh(index=physical), what=f"refresh {physical}", policy=policy)
     docs = count({"match_all": {}})
     no_vector = {"exists": {"field": meta.vector_field}}
     missing = count({"bool": {"must_not": [no_vector], "filter": [_text_exists(fields)]}})

@@ -14,9 +14,19 @@ that embeds::
 - **Bad documents** (not JSON, not UTF-8, no text, wrong types, refused by Elasticsearch) go to a
   dead-letter JSONL file with the reason and line number; the rest is indexed.
 - **Resumable**: after every confirmed chunk a checkpoint records how far the input is done (record
-  count and byte offset) and the dead-letter file's size. A re-run with the same checkpoint skips
-  the finished part and truncates the dead-letter file to the recorded size, so every document and
-  every dead-letter line appears exactly once. The checkpoint is deleted when a run completes.
+  count and byte offset), the sha256 of the input consumed so far (the bytes of a file or stream,
+  the canonical JSON of in-memory documents) and the dead-letter file's size. A re-run with the
+  same checkpoint re-reads and re-hashes the finished part, checks that it is unchanged and that
+  the offset starts a line, then skips it and truncates the dead-letter file to the recorded size,
+  so every document and every dead-letter line appears exactly once. When the finished part changed
+  (lines inserted, edited or removed), a file or a list starts again from the beginning (unchanged
+  documents are skipped by the content-hash lookup, so only what changed is embedded); a stream,
+  which cannot be read twice, is refused before anything is written. The checkpoint is deleted when
+  a run completes.
+- **Duplicate ids** in one input (``12345`` and ``"12345"`` are the same id) are counted and
+  reported (``IngestSummary.duplicates``, a warning per id for the first few): the later record
+  replaces the earlier one, as an ``index`` action does. They are counted within the records a run
+  reads (a resumed run does not see the ids of the part it skipped).
 
 Example::
 
@@ -45,6 +55,7 @@ from typing import IO, Any
 
 import numpy as np
 from esdistill.plugin._bulk import RetryPolicy, Stopped, call_with_retry, send_bulk
+from esdistill.plugin._checkpoint import Checkpoint, ConsumedInput, rehash_prefix
 from esdistill.plugin._errors import ConfigError, EsdistillError, IngestError
 from esdistill.plugin.documents import (
     BadDocument,
@@ -61,9 +72,8 @@ __all__ = ["IngestHook", "IngestSummary", "RetryPolicy", "default_checkpoint_pat
 logger = logging.getLogger(__name__)
 
 _END = object()
-_CHECKPOINT_FORMAT = 1
-_HEAD_BYTES = 1 << 16
 _LOGGED_BAD = 20
+_DUPLICATE_EXAMPLES = 5
 
 
 @dataclass
@@ -78,6 +88,8 @@ class IngestSummary:
         unchanged: documents already indexed with the same content and model (not re-embedded).
         failed: documents sent to the dead-letter file (bad input or refused by Elasticsearch).
         truncated: indexed documents whose text was longer than the model's max sequence length.
+        duplicates: valid records whose id an earlier record of this run already had (the later one
+            replaced the earlier one in the index); ``duplicate_examples`` names the first few.
         resumed: records skipped because the checkpoint said an earlier run finished them.
         retries: bulk/lookup retries after 429, 5xx or connection errors.
         seconds: wall time; ``embed_seconds``: time spent in the encoder.
@@ -93,6 +105,8 @@ class IngestSummary:
     unchanged: int = 0
     failed: int = 0
     truncated: int = 0
+    duplicates: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
     resumed: int = 0
     retries: int = 0
     seconds: float = 0.0
@@ -127,6 +141,9 @@ class IngestSummary:
             text += f"; resumed after {self.resumed} records done earlier"
         if self.retries:
             text += f"; {self.retries} retries"
+        if self.duplicates:
+            text += (f"\n{self.duplicates} record(s) reused the id of an earlier record (later records replaced "
+                     f"earlier ones): {'; '.join(self.duplicate_examples)}")
         if self.failed and self.dead_letter:
             text += f"\n{self.failed} bad document(s) with reasons in {self.dead_letter}"
         return text
@@ -137,54 +154,6 @@ def default_checkpoint_path(source: str | os.PathLike[str], index: str) -> Path:
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     key = hashlib.sha256(f"{Path(source).resolve()}\0{index}".encode()).hexdigest()[:16]
     return base / "esdistill" / "checkpoints" / f"{index}-{key}.json"
-
-
-class _Checkpoint:
-    """How far an input is done; written atomically after every confirmed chunk."""
-
-    def __init__(self, path: Path | None, identity: dict[str, Any]) -> None:
-        self.path = path
-        self.identity = identity
-        self.position, self.offset, self.line, self.dead_letter_size = 0, 0, 0, 0
-        self.resumed = False
-        if path is None or not path.exists():
-            return
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"checkpoint {path} cannot be read ({exc}); delete it to start over") from None
-        if state.get("format") != _CHECKPOINT_FORMAT or state.get("identity") != identity:
-            logger.warning("checkpoint %s belongs to another input, index or model; starting from the beginning "
-                           "(safe: ids are stable and unchanged documents are skipped)", path)
-            return
-        self.position, self.offset = int(state["position"]), int(state["offset"])
-        self.line, self.dead_letter_size = int(state["line"]), int(state["dead_letter_size"])
-        self.resumed = self.position > 0
-        logger.info("resuming from checkpoint %s: %d records already done", path, self.position)
-
-    def restart(self) -> None:
-        self.position, self.offset, self.line, self.dead_letter_size = 0, 0, 0, 0
-        self.resumed = False
-
-    def save(self, *, position: int, offset: int | None, line: int | None, dead_letter_size: int) -> None:
-        self.position, self.dead_letter_size = position, dead_letter_size
-        self.offset = offset if offset is not None else self.offset
-        self.line = line if line is not None else self.line
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        state = {"format": _CHECKPOINT_FORMAT, "identity": self.identity, "position": self.position,
-                 "offset": self.offset, "line": self.line, "dead_letter_size": self.dead_letter_size}
-        with open(tmp, "w") as f:
-            f.write(json.dumps(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
 
 
 class _DeadLetter:
@@ -234,6 +203,8 @@ class _Chunk:
     unchanged: int = 0
     vectors: np.ndarray | None = None
     truncated: np.ndarray | None = None
+    duplicates: list[tuple[Record, str]] = field(default_factory=list)  # record, id already seen
+    consumed: tuple[int, str] | None = None  # bytes and sha256 of the input up to the chunk's end
 
 
 class IngestHook:
@@ -343,57 +314,100 @@ class IngestHook:
             source: a name for this input, stored in the checkpoint so that a checkpoint is only
                 reused for the same input.
 
+        With a checkpoint, the documents it says are done are hashed again and compared with it:
+        when they changed, a list or tuple is ingested again from the beginning, any other iterable
+        is refused (it cannot be read twice).
+
         Raises:
+            ConfigError: the documents a checkpoint says are done changed, and ``docs`` is not a list
+                or tuple.
             IngestError: ingestion stopped early (``exc.summary`` says how far it got; re-run with
                 the same checkpoint to resume).
         """
         if total is None and hasattr(docs, "__len__"):
             total = len(docs)  # type: ignore[arg-type]
-        ckpt = _Checkpoint(self.checkpoint, self._identity({"source": source}))
-        iterator = iter(docs)
-        if ckpt.position:
-            iterator = itertools.islice(iterator, ckpt.position, None)
+        ckpt = Checkpoint(self.checkpoint, self._identity({"source": source}))
+        consumed = ConsumedInput() if self.checkpoint is not None else None
+        iterator = consumed.documents(docs) if consumed is not None else iter(docs)
+        if ckpt.position and not self._skip_done(iterator, ckpt, consumed, rereadable=isinstance(docs, (list, tuple))):
+            ckpt.restart()
+            consumed = ConsumedInput()
+            iterator = consumed.documents(docs)
         records = (Record(position=ckpt.position + i, doc=d) for i, d in enumerate(iterator))
-        return self._run(records, total=total, ckpt=ckpt)
+        return self._run(records, total=total, ckpt=ckpt, consumed=consumed)
 
     def ingest_jsonl(self, path: str | os.PathLike[str]) -> IngestSummary:
         """Ingest a JSONL file (one document per line; BEIR ``corpus.jsonl`` works as is).
 
         Malformed lines are dead-lettered with their line number. With a checkpoint, a re-run after
-        a crash seeks past the finished part of the file.
+        a crash re-reads the finished part of the file, checks it against the checkpoint's hash and
+        continues after it; when that part changed, the file is ingested again from the beginning.
 
         Raises:
             ConfigError: the file cannot be read.
             IngestError: ingestion stopped early (re-run with the same checkpoint to resume).
         """
         path = Path(path)
+        ckpt = Checkpoint(self.checkpoint, self._identity({"path": str(path.resolve())}))
+        consumed = ConsumedInput() if self.checkpoint is not None else None
         try:
-            with open(path, "rb") as f:
-                head = hashlib.sha256(f.read(_HEAD_BYTES)).hexdigest()
-            size = path.stat().st_size
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise ConfigError(f"cannot read input {path}: {exc}") from None
-        ckpt = _Checkpoint(self.checkpoint, self._identity({"path": str(path.resolve()), "head_sha256": head}))
-        if ckpt.offset > size:
-            logger.warning("input %s is shorter than its checkpoint says; starting from the beginning", path)
-            ckpt.restart()
-        total = _count_lines(path) if self._show_progress() else None
-        with open(path, "rb") as stream:
-            stream.seek(ckpt.offset)
-            records = read_jsonl(stream, start_offset=ckpt.offset, start_line=ckpt.line,
+        with stream:
+            if ckpt.position and (consumed is None or not rehash_prefix(stream, ckpt, consumed)):
+                logger.warning("input %s changed in the part checkpoint %s says is done; ingesting it again from the "
+                               "beginning (documents already indexed unchanged are not embedded again)",
+                               path, self.checkpoint)
+                ckpt.restart()
+                consumed = ConsumedInput()
+                stream.seek(0)
+            total = _count_lines(path) if self._show_progress() else None
+            lines = consumed.lines(stream) if consumed is not None else stream
+            records = read_jsonl(lines, start_offset=ckpt.offset, start_line=ckpt.line,  # type: ignore[arg-type]
                                  start_position=ckpt.position)
-            return self._run(records, total=total, ckpt=ckpt)
+            return self._run(records, total=total, ckpt=ckpt, consumed=consumed)
 
     def ingest_stream(self, stream: IO[bytes], *, source: str = "stream") -> IngestSummary:
         """Ingest JSONL from a binary stream (e.g. ``sys.stdin.buffer``).
 
-        Resuming skips as many records as the checkpoint says are done (they are read, not embedded).
+        Resuming reads as many records as the checkpoint says are done, checks them against the
+        checkpoint's hash and skips them (read, not embedded).
+
+        Raises:
+            ConfigError: the records the checkpoint says are done differ from this stream's (nothing
+                was written; delete the checkpoint to ingest the stream from the beginning).
+            IngestError: ingestion stopped early (re-run with the same checkpoint to resume).
         """
-        ckpt = _Checkpoint(self.checkpoint, self._identity({"source": source}))
-        records = read_jsonl(stream)
+        ckpt = Checkpoint(self.checkpoint, self._identity({"source": source}))
+        consumed = ConsumedInput() if self.checkpoint is not None else None
+        records = read_jsonl(consumed.lines(stream) if consumed is not None else stream)  # type: ignore[arg-type]
         if ckpt.position:
-            records = itertools.islice(records, ckpt.position, None)
-        return self._run(records, total=None, ckpt=ckpt)
+            self._skip_done(records, ckpt, consumed, rereadable=False)
+        return self._run(records, total=None, ckpt=ckpt, consumed=consumed)
+
+    def _skip_done(self, items: Iterator[Any], ckpt: Checkpoint, consumed: ConsumedInput | None, *,
+                   rereadable: bool) -> bool:
+        """Read the ``ckpt.position`` items an earlier run finished and check their hash.
+
+        Returns:
+            True when they are what the checkpoint vouches for; False when they changed and the input
+            can be read again from the beginning.
+
+        Raises:
+            ConfigError: they changed and the input cannot be read again.
+        """
+        read = sum(1 for _ in itertools.islice(items, ckpt.position))
+        if consumed is not None and read == ckpt.position and consumed.marked_hexdigest() == ckpt.consumed_sha256:
+            return True
+        if rereadable:
+            logger.warning("the first %d documents differ from the ones checkpoint %s was written for; ingesting "
+                           "again from the beginning (documents already indexed unchanged are not embedded again)",
+                           ckpt.position, self.checkpoint)
+            return False
+        raise ConfigError(f"the input is not the one checkpoint {self.checkpoint} was written for: its first "
+                          f"{ckpt.position} records differ (or it has fewer). Nothing was written. Delete the "
+                          "checkpoint (or pass another one) to ingest this input from the beginning.")
 
     # ------------------------------------------------------------------ pipeline
     def _identity(self, source: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +418,8 @@ class IngestHook:
     def _show_progress(self) -> bool:
         return self.progress if self.progress is not None else sys.stderr.isatty()
 
-    def _run(self, records: Iterator[Record], *, total: int | None, ckpt: _Checkpoint) -> IngestSummary:
+    def _run(self, records: Iterator[Record], *, total: int | None, ckpt: Checkpoint,
+             consumed: ConsumedInput | None = None) -> IngestSummary:
         from tqdm import tqdm
 
         started = time.perf_counter()
@@ -415,6 +430,8 @@ class IngestHook:
         self._stop = threading.Event()
         self._halt_reading = threading.Event()
         self._errors: list[BaseException] = []
+        self._consumed = consumed
+        self._seen_ids: set[int] = set()
         to_embed: queue.Queue = queue.Queue(self.queue_size)
         to_send: queue.Queue = queue.Queue(self.queue_size)
         bar = tqdm(total=total, initial=ckpt.position, unit="doc", desc=self.description,
@@ -505,19 +522,36 @@ class IngestHook:
                 chunk.bad.append((rec, None, rec.error))
             else:
                 try:
-                    chunk.to_embed.append((rec, prepare(rec.doc, self.spec)))
+                    prepared = prepare(rec.doc, self.spec)
                 except BadDocument as exc:
                     where = f"line {rec.line}: " if rec.line is not None else f"record {rec.position}: "
                     doc_id = rec.doc.get(self.spec.id_field) if isinstance(rec.doc, dict) else None
                     chunk.bad.append((rec, doc_id if isinstance(doc_id, (str, int)) else None, where + exc.reason))
+                else:
+                    chunk.to_embed.append((rec, prepared))
+                    self._note_id(chunk, rec, prepared.id)
             if len(chunk.records) >= self.batch_size:
-                self._lookup(chunk, summary)
+                self._close_chunk(chunk, summary)
                 self._put(out, chunk, self._halt_reading)
                 chunk = _Chunk()
         if chunk.records:
-            self._lookup(chunk, summary)
+            self._close_chunk(chunk, summary)
             self._put(out, chunk, self._halt_reading)
         self._put(out, _END, self._halt_reading)
+
+    def _note_id(self, chunk: _Chunk, rec: Record, doc_id: str) -> None:
+        """Remember ``doc_id`` (its hash: ids are compared as the strings Elasticsearch stores)."""
+        key = hash(doc_id)
+        if key in self._seen_ids:
+            chunk.duplicates.append((rec, doc_id))
+        else:
+            self._seen_ids.add(key)
+
+    def _close_chunk(self, chunk: _Chunk, summary: IngestSummary) -> None:
+        """Note how far the input is read at the chunk's last record, then look up unchanged documents."""
+        if self._consumed is not None:
+            chunk.consumed = (self._consumed.marked_size, self._consumed.marked_hexdigest())
+        self._lookup(chunk, summary)
 
     def _lookup(self, chunk: _Chunk, summary: IngestSummary) -> None:
         if not self.skip_unchanged or not chunk.to_embed:
@@ -562,7 +596,7 @@ class IngestHook:
         self._put(out, _END)
 
     # stage 3 (sender thread): bulk write, dead-letter, checkpoint
-    def _send(self, inp: queue.Queue, summary: IngestSummary, dead: _DeadLetter, ckpt: _Checkpoint,
+    def _send(self, inp: queue.Queue, summary: IngestSummary, dead: _DeadLetter, ckpt: Checkpoint,
               bar: Any) -> None:
         while (chunk := self._get(inp)) is not _END:
             rejected: list[tuple[int, str]] = []
@@ -584,10 +618,22 @@ class IngestHook:
             summary.failed += len(chunk.bad) + len(rejected)
             summary.unchanged += chunk.unchanged
             summary.read += len(chunk.records)
+            self._report_duplicates(chunk, summary)
             last = chunk.records[-1]
             ckpt.save(position=last.position + 1, offset=last.next_offset, line=last.line,
-                      dead_letter_size=dead.sync())
+                      dead_letter_size=dead.sync(), consumed_sha256=_consumed_digest(chunk, last))
             bar.update(len(chunk.records))
+
+    @staticmethod
+    def _report_duplicates(chunk: _Chunk, summary: IngestSummary) -> None:
+        for rec, doc_id in chunk.duplicates:
+            summary.duplicates += 1
+            where = f"line {rec.line}" if rec.line is not None else f"record {rec.position}"
+            if len(summary.duplicate_examples) < _DUPLICATE_EXAMPLES:
+                summary.duplicate_examples.append(f"{where}: id {doc_id!r}")
+            log = logger.warning if summary.duplicates <= _LOGGED_BAD else logger.debug
+            log("%s: id %r was already used by an earlier record of this input (ids are compared as strings, so "
+                "12345 and \"12345\" are the same id); this record replaces the earlier one", where, doc_id)
 
     def _bump(self, summary: IngestSummary) -> None:
         with self._count_lock:
@@ -614,6 +660,14 @@ def _dead_entry(rec: Record, doc_id: Any, reason: str, stage: str) -> dict[str, 
     else:
         entry["document"] = rec.doc
     return entry
+
+
+def _consumed_digest(chunk: _Chunk, last: Record) -> str:
+    """The hash a checkpoint after ``chunk`` vouches for ("" when none was taken: a resume restarts)."""
+    if chunk.consumed is None:
+        return ""
+    size, digest = chunk.consumed
+    return digest if last.next_offset is None or last.next_offset == size else ""
 
 
 def _count_lines(path: Path) -> int:

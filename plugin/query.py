@@ -573,7 +573,8 @@ class QueryHook:
             text: the query.
             k: hits to return (1..``config.max_k``).
             mode: ``knn`` (student vectors), ``bm25`` (text fields) or ``hybrid`` (both, fused).
-            filters: Elasticsearch query clause(s) every hit must match (e.g. ``{"term": {"lang": "en"}}``).
+            filters: Elasticsearch query clause(s) every hit must match (e.g. ``{"term": {"lang": "en"}}``),
+                from the allow-list of :func:`esdistill.plugin.filters.validate_filters`.
             rerank: force the teacher rerank on (``True``) or off (``False``); ``None`` lets the A/B arm
                 decide (no rerank outside an experiment).
             ab_key: the user or session id that picks the A/B arm.
@@ -587,7 +588,8 @@ class QueryHook:
 
         Raises:
             ConfigError: a bad argument (the message names it), no such index, or a filter
-                Elasticsearch rejects.
+                Elasticsearch rejects (in esdistill's words; Elasticsearch's reason is logged).
+            FilterNotAllowed: (a ConfigError) a filter clause outside the allow-list, named by its path.
             FingerprintError: the encoder did not make the index's vectors.
             ElasticsearchUnavailable: Elasticsearch is down, refuses us, or does not answer in time.
         """

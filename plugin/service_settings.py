@@ -73,7 +73,8 @@ class ServiceSettings:
         api_keys: accepted API keys (secret; kept as digests). Empty with no file: auth is off.
         api_key_file: a file with one API key per line (``#`` comments allowed).
         max_body_bytes: largest request body accepted (413 above it).
-        rate_limit_per_s: sustained requests per second per client on ``/v1`` (0: no limit).
+        rate_limit_per_s: sustained requests per second per client on ``/v1`` (0: no limit); every
+            other path is limited at the same rate from a bucket of its own.
         rate_limit_burst: bucket size of the rate limit (default: the per-second rate, at least 1).
         max_k: largest ``k`` a search may ask for.
         max_query_chars: longest query text accepted.

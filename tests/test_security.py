@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -275,3 +276,172 @@ def test_the_node_never_logs_its_password(secure_node, password):
     assert logs
     for path in logs:
         assert password not in path.read_text(errors="replace"), path
+
+
+# ------------------------------------------------------------------------------ least privilege
+# The service runs with the role of deploy/security/esdistill-service-role.json (deploy/README.md,
+# "Least-privilege role"). This node cannot store native roles or users (no .security index, see the
+# module docstring), so the very same role body goes into the file realm: roles.yml, and a user made
+# by the distribution's elasticsearch-users tool. Elasticsearch then enforces it like a native role.
+ROOT = Path(__file__).resolve().parents[1]
+ROLE_FILE = ROOT / "deploy" / "security" / "esdistill-service-role.json"
+COMPOSE_ALIAS = "esdistill-docs"
+ROLE_ALIAS = "esdt-role-docs"
+SERVICE_USER = "esdistill_svc"
+
+
+def _role_body(alias: str) -> dict:
+    """The role of the deploy folder, with the compose file's alias replaced by ``alias``."""
+    return json.loads(ROLE_FILE.read_text().replace(COMPOSE_ALIAS, alias))
+
+
+def _readme_role() -> dict:
+    text = (ROOT / "deploy" / "README.md").read_text()
+    section = text.split("## Least-privilege role", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```json", 1)[1].split("```", 1)[0]
+    return json.loads(block)
+
+
+def test_the_documented_role_is_the_deploy_file_and_names_only_the_alias():
+    role = json.loads(ROLE_FILE.read_text())
+    assert _readme_role() == role, "deploy/README.md shows another role than deploy/security/"
+    assert role["cluster"] == []
+    (grant,) = role["indices"]
+    assert grant.get("allow_restricted_indices", False) is False
+    assert set(grant["privileges"]) == {"read", "view_index_metadata", "index", "maintenance"}
+    plain = [n for n in grant["names"] if not n.startswith("/")]
+    patterns = [n.strip("/") for n in grant["names"] if n.startswith("/")]
+    assert plain == [COMPOSE_ALIAS] and len(patterns) == 1
+    assert not any(c in n for n in plain for c in "*?")  # no wildcard: nothing but the alias itself
+    versions = re.compile(patterns[0])
+    assert versions.fullmatch(f"{COMPOSE_ALIAS}-000001") and versions.fullmatch(f"{COMPOSE_ALIAS}-123456")
+    for other in (f"{COMPOSE_ALIAS}-secret", f"{COMPOSE_ALIAS}-000001-x", "esdistill-docsx-000001", ".security"):
+        assert not versions.fullmatch(other), other
+
+
+def test_compose_creates_the_role_and_runs_the_service_without_the_superuser():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    svc = compose["services"]["esdistill"]
+    env = svc["environment"]
+    assert env["ESDISTILL_ES_USER"] not in ("elastic", "", None)
+    assert "ELASTIC_PASSWORD" not in env["ESDISTILL_ES_PASSWORD"]
+    assert env["ESDISTILL_SERVE_INDEX"] == COMPOSE_ALIAS
+    setup = compose["services"]["security"]
+    assert svc["depends_on"]["security"]["condition"] == "service_completed_successfully"
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in setup["volumes"]}
+    assert (ROOT / "deploy" / mounts["/security"]).resolve() == ROLE_FILE.parent
+    command = " ".join(setup["command"])
+    assert f"--data-binary @/security/{ROLE_FILE.name}" in command
+    assert "/_security/role/esdistill_service" in command
+    assert f"/_security/user/{env['ESDISTILL_ES_USER']}" in command
+    # the user's body is built by printf from the password variable: run that part for real
+    printf = command.split("&& ", 1)[1].split(" | ", 1)[0].replace("$$", "$")
+    password = "a-pass-0123456789_-"
+    out = subprocess.run(["sh", "-c", printf], capture_output=True, text=True, check=True,
+                         env={"ESDISTILL_ES_SERVICE_PASSWORD": password, "PATH": os.environ["PATH"]})
+    assert json.loads(out.stdout) == {"password": password, "roles": ["esdistill_service"]}
+    var = re.search(r"\$\{(\w+):\?", env["ESDISTILL_ES_PASSWORD"]).group(1)
+    assert var == "ESDISTILL_ES_SERVICE_PASSWORD" and var in " ".join(setup["environment"].values())
+
+
+@pytest.fixture(scope="module")
+def service_account(secure_node, password, encoder):
+    """The role in the node's file realm, a user that has only it, and the alias it covers, filled."""
+    import time
+
+    from esdistill.deploy import find_java
+
+    conf = secure_node.data / "config"
+    (conf / "roles.yml").write_text(f"esdistill_service: {json.dumps(_role_body(ROLE_ALIAS))}\n")
+    user_password = "svc-" + base64.urlsafe_b64encode(os.urandom(18)).decode()
+    secure_node._tool("elasticsearch-users", ["useradd", SERVICE_USER, "-r", "esdistill_service"], find_java(),
+                      conf, stdin=f"{user_password}\n{user_password}\n")
+    admin = connect(secure_node.url, basic_auth=("elastic", password), ca_certs=str(secure_node.ca_cert))
+    IndexManager(admin, ROLE_ALIAS).create(encoder.manifest)
+    assert IngestHook(admin, ROLE_ALIAS, encoder, progress=False).ingest(DOCS).indexed == len(DOCS)
+    outside = [f"{ROLE_ALIAS}-secret", "esdt-role-other"]  # the first one matches "ALIAS-*"
+    for name in outside:
+        admin.index(index=name, id="1", document={"ids": [DOCS[0]["_id"]], "text": DOCS[0]["text"]}, refresh=True)
+    svc = connect(secure_node.url, basic_auth=(SERVICE_USER, user_password), ca_certs=str(secure_node.ca_cert),
+                  check=False, max_retries=0)
+    deadline = time.monotonic() + 60  # the file realm is reloaded every few seconds
+    while True:
+        try:
+            assert svc.security.authenticate()["roles"] == ["esdistill_service"]
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    yield {"user": SERVICE_USER, "password": user_password, "client": svc, "admin": admin, "outside": outside}
+    for index in admin.indices.get(index=f"{ROLE_ALIAS}*,esdt-role-other", allow_no_indices=True,
+                                   expand_wildcards="all"):
+        admin.indices.delete(index=index)
+    svc.close()
+    admin.close()
+
+
+def test_the_service_works_with_the_least_privilege_role(service_account, secure_node, encoder, monkeypatch):
+    pytest.importorskip("fastapi")
+    from esdistill.plugin.service import create_app
+    from esdistill.plugin.service_settings import ServiceSettings
+    from fastapi.testclient import TestClient
+
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ESDISTILL_ES_USER", service_account["user"])
+    monkeypatch.setenv("ESDISTILL_ES_PASSWORD", service_account["password"])
+    monkeypatch.setenv("ESDISTILL_ES_CA_CERTS", str(secure_node.ca_cert))
+    app = create_app(ServiceSettings(index=ROLE_ALIAS, model=str(model_folder(encoder)), es_url=secure_node.url))
+    with TestClient(app) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"elasticsearch": True, "index": True,
+                                                                        "model": True}, ready.text
+        for mode in ("knn", "hybrid", "bm25"):
+            resp = c.post("/v1/search", json={"query": "bacteria antibiotics", "k": 5, "mode": mode})
+            assert resp.status_code == 200 and resp.json()["hits"], (mode, resp.text[:300])
+        ingest = c.post("/v1/ingest", json={"documents": [{"_id": "role-new", "title": "t", "text": "fresh words"}]})
+        assert ingest.status_code == 200 and ingest.json()["indexed"] == 1, ingest.text[:300]
+        info = c.get(f"/v1/index/{ROLE_ALIAS}")
+        assert info.status_code == 200 and info.json()["versions"][0]["docs"] == len(DOCS) + 1, info.text[:300]
+        assert "esdistill_ready 1.0" in c.get("/metrics").text
+
+
+def test_the_role_refuses_everything_beyond_the_alias(service_account):
+    from elasticsearch import AuthorizationException
+
+    svc = service_account["client"]
+    physical = IndexManager(service_account["admin"], ROLE_ALIAS).current()
+    refused = {
+        "search another index": lambda name: svc.search(index=name),
+        "get a document of another index": lambda name: svc.get(index=name, id="1"),
+        "terms lookup into another index": lambda name: svc.search(index=ROLE_ALIAS, query={
+            "terms": {"_id": {"index": name, "id": "1", "path": "ids"}}}),
+    }
+    for what, call in refused.items():
+        for name in service_account["outside"]:
+            with pytest.raises(AuthorizationException):
+                call(name)
+                pytest.fail(f"{what} ({name}) was allowed")
+    for what, call in {
+        "delete an index": lambda: svc.indices.delete(index=physical),
+        "create an index": lambda: svc.indices.create(index=f"{ROLE_ALIAS}-999999"),
+        "re-point the alias": lambda: svc.indices.update_aliases(actions=[
+            {"add": {"index": service_account["outside"][0], "alias": ROLE_ALIAS}}]),
+        "cluster health": lambda: svc.cluster.health(),
+    }.items():
+        with pytest.raises(AuthorizationException):
+            call()
+            pytest.fail(f"{what} was allowed")
+    # more_like_this does not fail: Elasticsearch leaves out the document it may not read, so the
+    # query that finds the alias's twin of that document as the superuser finds nothing here
+    for name in service_account["outside"]:
+        mlt = {"more_like_this": {"fields": ["text"], "like": [{"_index": name, "_id": "1"}],
+                                  "min_term_freq": 1, "min_doc_freq": 1}}
+        as_admin = service_account["admin"].search(index=ROLE_ALIAS, query=mlt)["hits"]["hits"]
+        assert DOCS[0]["_id"] in [h["_id"] for h in as_admin]
+        assert svc.search(index=ROLE_ALIAS, query=mlt)["hits"]["hits"] == []
+    # the wildcard a client might try resolves to the alias's versions only
+    assert set(svc.indices.get(index=f"{ROLE_ALIAS}-*")) == {physical}

@@ -200,3 +200,42 @@ def bodies(client: Any, name: str) -> dict[str, str]:
     client.indices.refresh(index=name)
     resp = client.search(index=name, size=10_000, source=["body"])
     return {h["_id"]: h["_source"].get("body") for h in resp["hits"]["hits"]}
+
+
+_WORDS = ("cell", "protein", "gene", "energy", "water", "light", "tide", "moon", "sun", "climate", "river", "ocean",
+          "memory", "neuron", "vaccine", "virus", "carbon", "soil", "forest", "enzyme", "glacier", "volcano", "storm")
+
+
+def synthetic_team_docs(n: int, *, seed: int = 3) -> list[dict[str, Any]]:
+    """``n`` deterministic documents in the team's layout; each has a unique integer ``views``, so
+    a duplicate would show up as the same number twice."""
+    import random
+
+    rng = random.Random(seed)
+    return [{"_id": f"doc-{i:05d}", "title": f"{rng.choice(_WORDS).title()} {i}",
+             "body": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 40))),
+             "category": CATEGORIES[i % 3], "views": i} for i in range(n)]
+
+
+def with_vectors(client: Any, index: str, field: str = "embedding") -> int:
+    client.indices.refresh(index=index)
+    return int(client.count(index=index, query={"exists": {"field": field}})["count"])
+
+
+def views_of(client: Any, index: str) -> list[int]:
+    """The ``views`` of every document under ``index`` (all of them, in pages)."""
+    client.indices.refresh(index=index)
+    out: list[int] = []
+    pit = client.open_point_in_time(index=index, keep_alive="1m")["id"]
+    after = None
+    try:
+        while True:
+            kw = {"search_after": after} if after is not None else {}
+            hits = client.search(pit={"id": pit, "keep_alive": "1m"}, size=5000, sort=[{"_shard_doc": "asc"}],
+                                 source=["views"], track_total_hits=False, **kw)["hits"]["hits"]
+            if not hits:
+                return out
+            out.extend(h["_source"]["views"] for h in hits)
+            after = hits[-1]["sort"]
+    finally:
+        client.close_point_in_time(id=pit)

@@ -174,3 +174,54 @@ def test_a_document_that_cannot_be_carried_over_stops_the_swap(es_client, index_
     es_client.indices.delete(index=target)
     result = mgr.adopt(encoder_a, text_fields=("title", "body"), mode="copy", progress=False)
     assert result.copy.docs == len(docs) + 1 and result.copy.new_index == target
+
+
+def _blocked(es_client, index) -> bool:
+    settings = es_client.indices.get_settings(index=index)[index]["settings"]["index"]
+    return settings.get("blocks", {}).get("write") == "true"
+
+
+def test_a_run_killed_while_the_source_was_write_blocked_is_repaired_by_the_next(es_client, index_prefix, encoder_a,
+                                                                                 monkeypatch):
+    """A kill -9 runs no cleanup: simulate one right after the write block (nothing lifts it), then
+    run again: the block is lifted first, the copy resumes and swaps."""
+    import esdistill.plugin._bluegreen as bg
+
+    docs = make_team_index(es_client, index_prefix)
+    mgr = IndexManager(es_client, index_prefix)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed()
+
+    with monkeypatch.context() as m:
+        m.setattr(bg, "unblock_writes", lambda *a, **k: None)  # the killed process lifts nothing
+        m.setattr(bg, "swap_in", die)
+        with pytest.raises(Killed):
+            mgr.adopt(encoder_a, text_fields=("title", "body"), mode="copy", progress=False)
+    target = f"{index_prefix}-000001"
+    assert _blocked(es_client, index_prefix)  # the team cannot write: what the next run must undo
+    assert mgr.meta(target).write_blocked == index_prefix and mgr.meta(target).building
+    result = mgr.adopt(encoder_a, text_fields=("title", "body"), mode="copy", progress=False)
+    assert result.copy.new_index == target and result.copy.summary.unchanged == len(docs)
+    assert result.copy.summary.indexed == 0  # nothing embedded twice
+    assert not _blocked(es_client, result.copy.rollback_index)
+    meta = mgr.meta(target)
+    assert not meta.building and meta.write_blocked is None
+    es_client.index(index=index_prefix, id="after", document={"title": "t", "body": "b"}, refresh=True)
+
+
+def test_a_run_killed_after_the_swap_is_repaired_by_the_next_command(es_client, index_prefix, encoder_a, encoder_b):
+    """Killed between the alias move and the last bookkeeping: the old version is still blocked and
+    the new one still marked building; rollback (or any copy) repairs both first."""
+    mgr = IndexManager(es_client, index_prefix)
+    first = mgr.create(encoder_a.manifest)
+    IngestHook(es_client, index_prefix, encoder_a, progress=False).ingest(_corpus())
+    second = mgr.reindex(encoder_b, progress=False).new_index
+    es_client.indices.add_block(index=first, block="write")
+    mgr.update_meta(second, building=True, write_blocked=first)
+    assert mgr.rollback() == (second, first)
+    assert not _blocked(es_client, first) and not mgr.meta(second).building
+    es_client.index(index=index_prefix, id="after", document={"title": "t", "text": "b"}, refresh=True)

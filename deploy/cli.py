@@ -21,6 +21,9 @@ def _start(args: argparse.Namespace) -> int:
     st = node.status()
     print(f"Elasticsearch {st.version} is {st.health} at {url} (pid {st.pid}, folder {st.home})"
           + (" with TLS and a password" if st.secure else ""))
+    if st.health == "yellow":
+        print("  yellow: some index asks for replicas, which one node cannot hold; it serves all the same "
+              "(set index.number_of_replicas to 0 for green)")
     print(f"  export ESDISTILL_ES_URL={url}")
     if st.secure:
         # where the secrets are, never the secrets themselves
@@ -65,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             f"'{ELASTIC_USER}' user (from {PASSWORD_ENV}, else generated and written to a "
                             "0600 file in the node folder)")
         if name == "start":
-            p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for green")
+            p.add_argument("--timeout", type=float, default=180.0,
+                           help="seconds to wait until the node serves (health yellow or green; a node that "
+                                "answers is never killed)")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=fn)

@@ -65,6 +65,8 @@ ELASTIC_USER = "elastic"
 #: where secure mode reads the password from, when set (else one is generated)
 PASSWORD_ENV = "ESDISTILL_ES_PASSWORD"
 _MIN_PASSWORD = 8
+#: health statuses of a node that serves: on one node, replicas are never placed, so yellow is ready
+_SERVING = ("green", "yellow")
 
 
 def _cache_dir() -> Path:
@@ -500,16 +502,22 @@ class LocalElasticsearch:
         return _ES_USER
 
     def start(self, *, timeout: float = 180.0) -> str:
-        """Start the node (a no-op when it already runs) and wait for green. Returns its URL.
+        """Start the node (a no-op when it already runs) and wait until it serves. Returns its URL.
+
+        The node serves once its health is yellow or green: on one node the replicas of an index
+        that asks for them can never be placed, so yellow is as good as it gets there. A node that
+        answered its health endpoint is never killed, not even when it stays red past ``timeout``:
+        it is reported and left running (``esdistill es stop`` stops it). Only a node that never
+        answered (a half-started process) is killed when the wait fails.
 
         Raises:
             LauncherError: the port is taken by something else, Java or Maven is missing, or the node
-                did not turn green in time (the message carries the log tail).
+                did not serve in time (the message carries its health or the log tail).
         """
         st = self.status()
         if st.pid is not None:
             logger.info("Elasticsearch already running at %s (pid %s)", self.url, st.pid)
-            self._wait_green(st.pid, timeout)
+            self._wait_ready(timeout)
             return self.url
         if _port_open(self.port):
             raise LauncherError(
@@ -554,19 +562,23 @@ class LocalElasticsearch:
                 env=env, cwd=str(self.data), start_new_session=True,
             )
         self._launcher = proc  # kept so that stop() can reap it
+        answered: list[dict] = []
         try:
-            self._wait_green(None, timeout, launcher=proc)
+            self._wait_ready(timeout, launcher=proc, answered=answered)
         except BaseException:
-            # never leave a half-started node behind
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._reap()
+            if not answered:  # never leave a half-started node behind; a node that answered stays
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._reap()
             raise
         return self.url
 
-    def _wait_green(self, pid: int | None, timeout: float, launcher: subprocess.Popen | None = None) -> None:
+    def _wait_ready(self, timeout: float, *, launcher: subprocess.Popen | None = None,
+                    answered: list[dict] | None = None) -> None:
+        """Wait until the node's health is yellow or green; every health answer is appended to ``answered``."""
+        answered = [] if answered is None else answered
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if launcher is not None and launcher.poll() is not None:
@@ -574,12 +586,23 @@ class LocalElasticsearch:
                     f"Elasticsearch exited during start-up (code {launcher.returncode}); "
                     f"see {self.log_file}", log_tail=_tail(self.log_file),
                 )
-            health = self._get("/_cluster/health?wait_for_status=green&timeout=1s", timeout=3)
-            if health and health.get("status") == "green" and self._pid() is not None:
-                return
+            health = self._get("/_cluster/health", timeout=3)
+            if health and health.get("status"):
+                answered[:] = [health]
+                if health["status"] in _SERVING and self._pid() is not None:
+                    return
             time.sleep(0.5)
+        if not answered:
+            raise LauncherError(
+                f"Elasticsearch did not answer within {timeout:.0f}s at {self.url}; see {self.log_file}",
+                log_tail=_tail(self.log_file),
+            )
+        health = answered[-1]
         raise LauncherError(
-            f"Elasticsearch did not turn green within {timeout:.0f}s at {self.url}; see {self.log_file}",
+            f"Elasticsearch at {self.url} answers, but its health is still {health['status']} after {timeout:.0f}s "
+            f"({health.get('unassigned_shards', '?')} unassigned shard(s), "
+            f"{health.get('initializing_shards', '?')} initializing). It is left running (pid {self._pid()}): ask "
+            f"{self.url}/_cluster/allocation/explain why, or stop it with `esdistill es stop --port {self.port}`",
             log_tail=_tail(self.log_file),
         )
 

@@ -25,6 +25,7 @@ import numpy as np
 from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.stats import paired_bootstrap  # re-exported
 
 __all__ = [
     "GateResult",
@@ -180,24 +181,6 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def paired_bootstrap(deltas: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """``(p_better, ci_low, ci_high)`` of the mean of per-query ``deltas``: the share of resamples
-    (queries drawn with replacement) whose mean is above 0 (ties count half), and the 90% interval.
-
-    Example:
-        >>> paired_bootstrap([0.1] * 20)[0]
-        1.0
-    """
-    d = np.asarray(deltas, dtype=np.float64)
-    if d.size == 0:
-        return 0.5, 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    p_better = float((means > 1e-12).mean() + 0.5 * (np.abs(means) <= 1e-12).mean())
-    low, high = np.quantile(means, [0.05, 0.95])
-    return p_better, float(low), float(high)
 
 
 def promotion_gate(evaluator: RetrievalEvaluator, *, base: Any, trained: Any, min_delta: float = 0.0,

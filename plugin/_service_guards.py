@@ -14,6 +14,12 @@ the metrics by route template, method and status, with labels from closed sets: 
 :data:`METHODS` and a path that matches no route are both counted as ``other``, so junk requests
 cannot add series.
 
+The key is read from the ``X-API-Key`` header or from ``Authorization: Bearer <key>`` (what the
+OpenAI clients and Elasticsearch's ``openai`` inference service send). Every credential presented is
+checked, and one wrong credential is refused even when the other is right: 403 for a wrong
+``X-API-Key``, 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` for a wrong bearer token
+(RFC 6750). An ``Authorization`` header of another scheme (``Basic``...) is not a key.
+
 API keys are compared in constant time: the presented key is hashed with SHA-256 and compared with
 :func:`hmac.compare_digest` against *every* configured digest, without stopping at a match, so the
 time taken depends neither on the key's length nor on which key (if any) matched.
@@ -41,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: the header that carries the API key
 API_KEY_HEADER = "X-API-Key"
 _KEY_HEADER_BYTES = API_KEY_HEADER.lower().encode()
+_AUTHORIZATION = b"authorization"
+_BEARER = b"bearer"
+_WWW_AUTHENTICATE = f'ApiKey header="{API_KEY_HEADER}", Bearer realm="esdistill"'.encode()
 #: HTTP methods counted under their own name in the metrics; any other is counted as ``other``
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 #: the metrics label of a method outside :data:`METHODS` and of a path that matches no route
@@ -224,17 +233,19 @@ class GuardMiddleware:
         if not protected:
             return None
         if self.guard.enabled:
-            presented = None
-            for name, value in scope.get("headers", ()):
-                if name == _KEY_HEADER_BYTES:
-                    presented = value
-                    break
-            verdict = self.guard.check(presented)
-            if verdict == 401:
-                return (401, "unauthorized", f"this endpoint needs an API key in the {API_KEY_HEADER} header",
-                        [(b"www-authenticate", f'ApiKey header="{API_KEY_HEADER}"'.encode())])
-            if verdict == 403:
+            api_key, bearer = _presented_keys(scope)
+            if not api_key and not bearer:
+                message = (f"this endpoint needs an API key in the {API_KEY_HEADER} header or as "
+                           "Authorization: Bearer <key>")
+                return (401, "unauthorized", message, [(b"www-authenticate", _WWW_AUTHENTICATE)])
+            # check every credential presented (no early exit), then refuse if any is wrong
+            key_ok = self.guard.check(api_key) == 200 if api_key else True
+            bearer_ok = self.guard.check(bearer) == 200 if bearer else True
+            if not key_ok:
                 return (403, "forbidden", f"the API key in the {API_KEY_HEADER} header is not valid", [])
+            if not bearer_ok:
+                return (401, "unauthorized", "the bearer token in the Authorization header is not a valid API key",
+                        [(b"www-authenticate", b'Bearer realm="esdistill", error="invalid_token"')])
         return None
 
     async def _limit_body(self, scope: Scope, receive: Receive):
@@ -272,6 +283,21 @@ class GuardMiddleware:
             chunks.append(body)
             more = message.get("more_body", False)
         return _replay(chunks, receive), None
+
+
+def _presented_keys(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The ``X-API-Key`` header and the token of an ``Authorization: Bearer`` header (first of each)."""
+    api_key = bearer = None
+    seen_auth = False
+    for name, value in scope.get("headers", ()):
+        if name == _KEY_HEADER_BYTES and api_key is None:
+            api_key = value
+        elif name == _AUTHORIZATION and not seen_auth:
+            seen_auth = True
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == _BEARER:
+                bearer = token.strip()
+    return api_key, bearer
 
 
 def _replay(chunks: list[bytes], original: Receive, *, disconnected: bool = False) -> Receive:

@@ -8,6 +8,8 @@ imports a web framework. Routes:
 ``POST /v1/ingest``        embed and index a batch of documents
 ``DELETE /v1/documents/ID``  delete one document (404 when it is not there)
 ``GET /v1/index/{name}``   the alias, its physical indices and their models (name must be ours)
+``POST /v1/embeddings``    the student's vectors in OpenAI's embeddings shape (:mod:`._service_openai`)
+``POST /v1/rerank``        the reranker's scores for a query and texts, as Elasticsearch's rerank services
 ``GET /healthz``           the process is alive (no Elasticsearch call)
 ``GET /readyz``            Elasticsearch reachable, the index present, the model matches its vectors;
                            how many vectors are missing or stale (``vectors``, informative only)
@@ -651,6 +653,12 @@ def create_app(settings: ServiceSettings):
         state.refresh_ready_gauge()
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
+    # OpenAI-shaped /v1/embeddings and /v1/rerank, for Elasticsearch's inference API
+    from esdistill.plugin._service_openai import openai_router
+
+    app.include_router(openai_router(state, max_inputs=s.max_documents,
+                                     max_total_chars=s.max_documents * s.max_query_chars))
+
     # ------------------------------------------------------------------ guards, OpenAPI security
     def route_of(scope) -> str | None:
         """The template of the route the request matches (its path alone, when only the method is
@@ -680,11 +688,12 @@ def create_app(settings: ServiceSettings):
                 schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                      routes=app.routes)
                 schema.setdefault("components", {})["securitySchemes"] = {
-                    "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}}
+                    "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+                    "Bearer": {"type": "http", "scheme": "bearer"}}
                 for path, ops in schema.get("paths", {}).items():
                     if protect(path):
                         for op in ops.values():
-                            op["security"] = [{"ApiKey": []}]
+                            op["security"] = [{"ApiKey": []}, {"Bearer": []}]
                 app.openapi_schema = schema
             return app.openapi_schema
 

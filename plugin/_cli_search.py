@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -23,14 +24,21 @@ def _hook(args: argparse.Namespace) -> Any:
     from esdistill.plugin.query import QueryConfig, QueryHook
     from esdistill.plugin.rerank import RerankConfig
 
-    if args.model is None and args.mode != "bm25":
+    if args.model is None and args.mode in ("knn", "hybrid"):
         raise ConfigError(f"--mode {args.mode} needs --model DIR (an exported student folder); "
                           "only --mode bm25 runs without one")
     if args.fusion not in FUSION_METHODS:  # pragma: no cover - argparse checks choices
         raise ConfigError(f"--fusion {args.fusion!r}")
+    template = None
+    if args.lexical_template is not None:
+        from esdistill.plugin.lexical import LexicalTemplate
+
+        if args.mode == "knn":
+            raise ConfigError("--lexical-template is the lexical leg of --mode bm25 or hybrid; --mode knn has none")
+        template = LexicalTemplate.load(args.lexical_template)
     config = QueryConfig(
-        fusion=args.fusion, linear_weight=args.weight, num_candidates=args.num_candidates,
-        rerank=RerankConfig(top_n=args.rerank_top_n), max_k=max(1000, args.k),
+        fusion=args.fusion, linear_weight=args.alpha, num_candidates=args.num_candidates,
+        rerank=RerankConfig(top_n=args.rerank_top_n), max_k=max(1000, args.k), lexical_template=template,
     )
     model = None
     if args.model is not None:
@@ -60,8 +68,9 @@ def _search(args: argparse.Namespace) -> int:
         title = next((str(h.source[f]) for f in fields if h.source.get(f)), "")
         rr = f" teacher={h.rerank_score:.4f}" if h.rerank_score is not None else ""
         print(f"{h.rank:3d}. {h.id:<20} {h.score:.4f}{rr}  {title[:80]}")
+    print(f"scores: {resp.score_kind}")
     t = resp.timings
-    print(f"mode={resp.mode} variant={resp.variant} reranked={resp.rerank.reranked} "
+    print(f"mode={resp.mode}{f' (auto: {resp.mode_reason})' if resp.mode_reason else ''} variant={resp.variant} reranked={resp.rerank.reranked} "
           f"({resp.rerank.count}/{resp.rerank.candidates}, {resp.rerank.reason}) "
           f"ms: embed={t['embed']:.1f} es={t['es']:.1f} fuse={t['fuse']:.1f} rerank={t['rerank']:.1f} "
           f"total={t['total']:.1f}")
@@ -89,6 +98,12 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"WARNING: {warning}")
         m, lat, st = report.metrics, report.latency_ms, report.stage_ms
         label = args.mode + ("+rerank" if args.rerank else "")
+        if args.mode == "auto":
+            from esdistill.plugin.tune import auto_mode_of
+
+            auto = auto_mode_of(hook)
+            label = f"auto -> {auto.mode} ({auto.reason}{', ' if auto.fusion else ''}" \
+                    f"{', '.join(f'{k}={v}' for k, v in auto.fusion.items())})" + ("+rerank" if args.rerank else "")
         print(f"{collection.name}/{collection.split} on {args.index}: {label}, {report.queries} queries, k={args.k}")
         print(f"  nDCG@10 {m['ndcg@10']:.4f}   Recall@100 {m['recall@100']:.4f}   MRR@10 {m['mrr@10']:.4f}")
         print(f"  latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
@@ -97,7 +112,12 @@ def _eval(args: argparse.Namespace) -> int:
         if report.rerank_outcomes:
             print(f"  rerank outcomes: {report.rerank_outcomes}")
     else:
-        print(json.dumps({**report.to_dict(), "qrels_coverage": coverage.to_dict()}))
+        extra = {}
+        if args.mode == "auto":
+            from esdistill.plugin.tune import auto_mode_of
+
+            extra = {"auto": dataclasses.asdict(auto_mode_of(hook))}
+        print(json.dumps({**report.to_dict(), "qrels_coverage": coverage.to_dict(), **extra}))
     return 0
 
 
@@ -106,7 +126,9 @@ def _common(p: argparse.ArgumentParser, *, k: int) -> None:
     p.add_argument("--model", default=None, metavar="DIR",
                    help="exported student folder (ONNX + manifest.json) or a packaged name (minilm, exported once "
                         "and reused); not needed for --mode bm25")
-    p.add_argument("--mode", choices=("knn", "hybrid", "bm25"), default="knn", help="retrieval mode (default knn)")
+    p.add_argument("--mode", choices=("auto", "knn", "hybrid", "bm25"), default="auto",
+                   help="retrieval mode (default auto: what `esdistill tune` stored for the index, knn when it "
+                        "was never tuned or tuned for another model)")
     p.add_argument("--k", type=int, default=k, help=f"hits per query (default {k})")
     p.add_argument("--rerank", default=None, metavar="TEACHER_DIR",
                    help="rerank the top N with this exported teacher (cross- or bi-encoder)")
@@ -114,8 +136,15 @@ def _common(p: argparse.ArgumentParser, *, k: int) -> None:
     p.add_argument("--budget-ms", type=float, default=None,
                    help="per-query deadline; the rerank stops when it is spent (default: none)")
     p.add_argument("--num-candidates", type=int, default=None, help="kNN num_candidates (default max(100, 1.5*k))")
-    p.add_argument("--fusion", choices=("rrf", "linear"), default="rrf", help="hybrid fusion (default rrf)")
-    p.add_argument("--weight", type=float, default=0.5, help="kNN weight for --fusion linear (default 0.5)")
+    p.add_argument("--fusion", choices=("rrf", "linear"), default="rrf",
+                   help="hybrid fusion: rrf (reciprocal rank) or linear (weighted sum of min-max normalised "
+                        "scores) (default rrf)")
+    p.add_argument("--alpha", "--weight", dest="alpha", type=float, default=0.5,
+                   help="kNN weight for --fusion linear; the lexical leg gets 1 - alpha (default 0.5)")
+    p.add_argument("--lexical-template", default=None, metavar="FILE",
+                   help='JSON query clause with "{{query}}" where the query text goes: the lexical leg of '
+                        "--mode bm25 and hybrid instead of multi_match over the text fields (filters apply "
+                        "around it)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 

@@ -6,9 +6,13 @@ it. The same key and salt always give the same arm, on every machine and process
 reshuffles everybody (start a fresh experiment without carry-over). A request may override its arm.
 
 **Exposure log.** Every answered query is one JSON line (a file and/or a logger): query id, the key
-(hashed by default, so raw user ids never reach the log), arm, mode, what was shown and, for
-interleaved results, which team each shown document came from. Clicks joined on the query id then
-give per-arm metrics.
+(hashed by default, so raw user ids never reach the log), the arm *assigned*, the variant that arm
+asks for (``assigned_variant``), the variant actually *served* and why (``served_as_assigned``,
+``reason``: ``as_assigned``, ``budget_exhausted``, ``circuit_open``, ``overloaded``, ``error``,
+``request_override``...; see :func:`exposure_fields`), ``forced`` (the request named its arm: keep
+it out of the traffic split), the latency, what was shown and, for interleaved results, which team
+each shown document came from. Clicks joined on the query id then give per-arm metrics
+(:mod:`esdistill.plugin.ab_report`, ``esdistill ab report``).
 
 **Team-draft interleaving** (Radlinski, Kurup and Joachims, CIKM 2008) merges the rankings of two
 arms into one list shown to the user: in each round the team with fewer picks (a coin flip on a tie)
@@ -52,6 +56,7 @@ __all__ = [
     "InterleavingSummary",
     "attribute_clicks",
     "bucket",
+    "exposure_fields",
     "hash_key",
     "read_exposures",
     "sign_test",
@@ -213,6 +218,61 @@ class ABTest:
 
 
 # ---------------------------------------------------------------------------------------- exposure
+#: ``reason`` of an exposure served as its arm asked
+REASON_AS_ASSIGNED = "as_assigned"
+#: ``reason`` of an exposure whose request turned the rerank on or off itself
+REASON_OVERRIDE = "request_override"
+
+
+def assigned_variant(arm: Arm | None) -> str | None:
+    """The variant an arm asks for: ``interleaved``, ``student+rerank`` or ``student`` (None: no arm)."""
+    if arm is None:
+        return None
+    return "interleaved" if arm.interleave else "student+rerank" if arm.rerank else "student"
+
+
+def exposure_fields(
+    arm: Arm | None, variant: str, outcome: Any, *, forced: bool = False, rerank_override: bool | None = None
+) -> dict[str, Any]:
+    """The A/B bookkeeping of one exposure row: what was assigned, what was served, and why.
+
+    Args:
+        arm: the arm the request got (assigned by key, or forced), or ``None`` outside an experiment.
+        variant: what was served: ``student``, ``student+rerank`` or ``interleaved``.
+        outcome: the rerank's :class:`~esdistill.plugin.rerank.RerankOutcome` (``reranked``,
+            ``count``, ``reason``).
+        forced: the request named its arm (an override, not the key's assignment).
+        rerank_override: the request's own ``rerank`` flag (``None``: the arm decided).
+
+    Returns:
+        ``assigned_variant``, ``variant``, ``served_as_assigned`` (``None`` outside an experiment),
+        ``reason`` (``as_assigned``; else ``request_override`` or the rerank's reason, e.g.
+        ``budget_exhausted``, ``circuit_open``), ``reranked``, ``rerank_reason`` and ``forced``. An
+        interleaving arm counts as served only when the teacher reranked something (otherwise both
+        teams showed the student's list).
+
+    Example:
+        >>> from types import SimpleNamespace as O
+        >>> out = O(reranked="none", count=0, reason="budget_exhausted")
+        >>> f = exposure_fields(Arm("student+rerank", 1.0, rerank=True), "student", out)
+        >>> f["served_as_assigned"], f["reason"]
+        (False, 'budget_exhausted')
+    """
+    wanted = assigned_variant(arm)
+    count = int(getattr(outcome, "count", 0) or 0)
+    served: bool | None = None
+    if wanted is not None:
+        served = variant == wanted and (wanted == "student" or count > 0)
+    if served:
+        reason = REASON_AS_ASSIGNED
+    elif rerank_override is not None and wanted is not None:
+        reason = REASON_OVERRIDE
+    else:
+        reason = str(outcome.reason)
+    return {"assigned_variant": wanted, "variant": variant, "served_as_assigned": served, "reason": reason,
+            "reranked": outcome.reranked, "rerank_reason": str(outcome.reason), "forced": bool(forced)}
+
+
 class ExposureLog:
     """Append one JSON line per answered query to a file and/or the ``esdistill.exposure`` logger.
 

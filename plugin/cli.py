@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "esdistill.plugin._cli_models",
     "esdistill.plugin._cli_index",     # index create|info|adopt|reindex|rollback|prune, ingest, sync, delete
     "esdistill.plugin._cli_search",    # search, eval
+    "esdistill.plugin._cli_tune",      # tune: the default mode for --mode auto
+    "esdistill.plugin._cli_ab",        # ab report
     "esdistill.plugin._cli_serve",     # serve (needs the serve extra when run)
     "esdistill.export.cli",            # export (needs the export extra when run)
     "esdistill.export._cli_train",     # distill, adapt (needs the export extra when run)
@@ -89,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EsdistillError as exc:
-        print(f"esdistill: error: {exc}", file=sys.stderr)
-        if getattr(args, "json", False):
+        if getattr(args, "json", False):  # the error once, as the JSON object a --json caller parses
             print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        else:
+            print(f"esdistill: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("esdistill: interrupted", file=sys.stderr)

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_CLAUSES",
     "MAX_DEPTH",
     "MAX_VALUES",
+    "SCORING_CLAUSES",
     "FilterNotAllowed",
     "validate_filters",
 ]
@@ -102,6 +103,16 @@ _PARAM_CLAUSES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
                ("path", "query")),
 }
 
+_FIELD_VALUE_FACTOR = {"field": _STR, "factor": _NUM, "modifier": _STR, "missing": _NUM}
+_OBJECT = "object"  # checked by the caller (function_score), never by value()
+#: one entry of ``function_score.functions``
+_FUNCTION = {"filter": _CLAUSE, "weight": _NUM, "field_value_factor": _OBJECT}
+_FUNCTION_SCORE = {"query": _CLAUSE, "functions": _OBJECT, "field_value_factor": _OBJECT, "weight": _NUM,
+                   "boost_mode": _STR, "score_mode": _STR, "max_boost": _NUM, "min_score": _NUM, **_COMMON}
+
+#: clauses accepted only with ``scoring=True`` (an operator's lexical template, never a client's filter)
+SCORING_CLAUSES: tuple[str, ...] = ("function_score",)
+
 #: the clause types a filter may use, sorted
 ALLOWED_CLAUSES: tuple[str, ...] = tuple(sorted({*_FIELD_CLAUSES, *_PARAM_CLAUSES, "terms"}))
 
@@ -143,6 +154,7 @@ def validate_filters(
     max_depth: int = MAX_DEPTH,
     max_clauses: int = MAX_CLAUSES,
     max_values: int = MAX_VALUES,
+    scoring: bool = False,
 ) -> list[dict[str, Any]]:
     """Check search filters against the allow-list and return them as a list of plain dicts.
 
@@ -151,6 +163,10 @@ def validate_filters(
         max_depth: deepest nesting of clauses accepted.
         max_clauses: most clauses accepted, counted over all filters.
         max_values: most values in ``terms`` / ``ids`` lists, counted over all filters.
+        scoring: also accept :data:`SCORING_CLAUSES` (for the operator's lexical query template, see
+            :mod:`esdistill.plugin.lexical`; a client's filters never get them): ``function_score``
+            whose functions are ``field_value_factor`` (a numeric field of the same document) and
+            ``weight`` only, each with an optional allowed ``filter``; no script, no decay.
 
     Returns:
         The filters as a list of clauses (empty for ``None``), copied into plain dicts and lists.
@@ -173,7 +189,7 @@ def validate_filters(
             f"filters must be an Elasticsearch query clause or a list of them, e.g. "
             f'{{"term": {{"lang": "en"}}}}; got {type(clauses).__name__}'
         )
-    check = _Checker(max_depth=max_depth, max_clauses=max_clauses, max_values=max_values)
+    check = _Checker(max_depth=max_depth, max_clauses=max_clauses, max_values=max_values, scoring=scoring)
     out = [check.clause(item, path, 1) for item, path in zip(items, paths)]
     if check.problems:
         raise FilterNotAllowed(check.problems)
@@ -183,7 +199,8 @@ def validate_filters(
 class _Checker:
     """One walk over the filters: copies what it checks, and collects every problem."""
 
-    def __init__(self, *, max_depth: int, max_clauses: int, max_values: int) -> None:
+    def __init__(self, *, max_depth: int, max_clauses: int, max_values: int, scoring: bool = False) -> None:
+        self.scoring = scoring
         self.max_depth = max_depth
         self.max_clauses = max_clauses
         self.max_values = max_values
@@ -230,6 +247,8 @@ class _Checker:
         if kind in _PARAM_CLAUSES:
             params, required = _PARAM_CLAUSES[kind]
             return {kind: self.params(body, here, params, required, depth)}
+        if kind in SCORING_CLAUSES and self.scoring:
+            return {kind: self.function_score(body, here, depth)}
         why = _WHY_NOT.get(kind)
         self.fail(path, f"{kind[:60]!r} is not an allowed filter clause{f' (it {why})' if why else ''}; "
                         f"allowed: {', '.join(ALLOWED_CLAUSES)}")
@@ -304,8 +323,38 @@ class _Checker:
                 self.fail(path, f"needs {name!r}")
         return out
 
+    def function_score(self, body: Any, path: str, depth: int) -> Any:
+        """``function_score`` with ``field_value_factor`` / ``weight`` functions only (scoring mode)."""
+        out = self.params(body, path, _FUNCTION_SCORE, (), depth)
+        if not isinstance(body, Mapping) or out is None:
+            return out
+        if "field_value_factor" in body:
+            out["field_value_factor"] = self.params(body["field_value_factor"], f"{path}.field_value_factor",
+                                                    _FIELD_VALUE_FACTOR, ("field",), depth)
+        functions = body.get("functions")
+        if functions is not None:
+            if not _is_list(functions):
+                self.fail(f"{path}.functions", f"must be a list of functions, got {_kind(functions)}")
+                return out
+            listed = []
+            for i, fn in enumerate(functions):
+                here = f"{path}.functions[{i}]"
+                got = self.params(fn, here, _FUNCTION, (), depth)
+                if isinstance(fn, Mapping) and isinstance(got, dict):
+                    if "field_value_factor" in fn:
+                        got["field_value_factor"] = self.params(fn["field_value_factor"], f"{here}.field_value_factor",
+                                                                _FIELD_VALUE_FACTOR, ("field",), depth)
+                    if not {"field_value_factor", "weight"} & set(fn):
+                        self.fail(here, "needs field_value_factor or weight (scripts and decay functions are "
+                                        "not allowed)")
+                listed.append(got)
+            out["functions"] = listed
+        return out
+
     # ------------------------------------------------------------------------------ values
     def value(self, value: Any, path: str, kind: str, depth: int) -> Any:
+        if kind == _OBJECT:
+            return None  # replaced by the caller, which checks the object itself
         if kind == _CLAUSE:
             return self.clause(value, path, depth + 1)
         if kind in (_CLAUSES, _CLAUSE_LIST):

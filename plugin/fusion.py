@@ -9,6 +9,13 @@ so hybrid search fuses the BM25 and kNN result lists here, in the client. Two me
   document missing from a list contributing 0 for it. Scores do matter, which helps when one
   retriever is confidently right; the weights say how much each list counts.
 
+**Score kinds.** Every hit esdistill returns names the scale of its score, one of
+:data:`SCORE_KINDS`: ``knn_cosine01`` (Elasticsearch's kNN score for cosine similarity,
+``(1 + cos) / 2`` in [0, 1]; ``knn_dot01``, ``knn_l2`` and ``knn_max_inner_product`` for the other
+similarities), ``bm25`` (the lexical query's ``_score``, unbounded), ``rrf`` (at most
+``n_lists / (k + 1)``, about 0.03 with two lists and ``k = 60``) and ``linear`` (in [0, 1] when the
+weights sum to 1). A teacher's score is reported apart from the retrieval score (``rerank``).
+
 Each input list is a sequence of ``(doc_id, score)`` pairs, best first. The output is a list of
 ``(doc_id, fused_score)`` pairs, best first; ties are broken by the best rank the document had in
 any input, then by id, so the result is deterministic::
@@ -26,7 +33,17 @@ from collections.abc import Sequence
 
 from esdistill.plugin._errors import ConfigError
 
-__all__ = ["FUSION_METHODS", "RRF_K", "ScoredId", "fuse", "linear_combination", "min_max", "reciprocal_rank_fusion"]
+__all__ = [
+    "FUSION_METHODS",
+    "RRF_K",
+    "SCORE_KINDS",
+    "ScoredId",
+    "fuse",
+    "linear_combination",
+    "min_max",
+    "reciprocal_rank_fusion",
+    "score_kind",
+]
 
 #: one entry of a ranked list: (document id, retrieval score)
 ScoredId = tuple[str, float]
@@ -34,6 +51,25 @@ ScoredId = tuple[str, float]
 #: the ``k`` of reciprocal rank fusion recommended by its authors
 RRF_K = 60
 FUSION_METHODS = ("rrf", "linear")
+#: Elasticsearch ``dense_vector`` similarity -> the kind of its kNN score
+_KNN_KINDS = {"cosine": "knn_cosine01", "dot_product": "knn_dot01", "l2_norm": "knn_l2",
+              "max_inner_product": "knn_max_inner_product"}
+#: every score kind a hit may carry (``rerank`` is the teacher's, reported as ``rerank_score``)
+SCORE_KINDS = (*_KNN_KINDS.values(), "bm25", *FUSION_METHODS, "rerank")
+
+
+def score_kind(mode: str, *, fusion: str = "rrf", similarity: str = "cosine") -> str:
+    """The kind of retrieval score a search in ``mode`` returns (see the module's score kinds).
+
+    Example:
+        >>> score_kind("knn"), score_kind("bm25"), score_kind("hybrid", fusion="linear")
+        ('knn_cosine01', 'bm25', 'linear')
+    """
+    if mode == "hybrid":
+        return fusion
+    if mode == "bm25":
+        return "bm25"
+    return _KNN_KINDS.get(similarity, f"knn_{similarity}")
 
 
 def _weights(n: int, weights: Sequence[float] | None) -> list[float]:

@@ -45,14 +45,16 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
-from esdistill.plugin.ab import ABTest, Arm, ExposureLog, team_draft_interleave
+from esdistill.plugin.ab import ABTest, Arm, ExposureLog, exposure_fields, team_draft_interleave
+from esdistill.plugin.documents import RESERVED_FIELDS
 from esdistill.plugin.filters import validate_filters
-from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse
+from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse, score_kind
+from esdistill.plugin.lexical import LexicalTemplate
 from esdistill.plugin.rerank import (
     REASON_BUDGET,
     REASON_NO_RERANKER,
@@ -63,6 +65,7 @@ from esdistill.plugin.rerank import (
     RerankResult,
     RerankStage,
 )
+from esdistill.plugin.tune import AUTO, resolve_auto, stored_choice
 
 __all__ = ["MODES", "Hit", "QueryConfig", "QueryHook", "SearchResponse"]
 
@@ -85,10 +88,14 @@ class QueryConfig:
             depth is the number of hits fetched (``k``, or the rerank depth when larger).
         fusion: hybrid fusion method, ``rrf`` or ``linear``.
         rrf_k: the RRF constant.
-        linear_weight: weight of the kNN list in linear fusion (BM25 gets ``1 - linear_weight``).
+        linear_weight: ``alpha``, the weight of the kNN list in linear fusion (the lexical list gets
+            ``1 - alpha``); each list's scores are min-max normalised first.
         fusion_depth: hits fetched from each retriever in hybrid mode (at least the depth).
         bm25_type: ``multi_match`` type over the text fields (``cross_fields`` scores the fields as
             one combined field, like a concatenated title and text).
+        lexical_template: the team's lexical query for ``bm25`` and ``hybrid`` modes instead of the
+            ``multi_match`` (a :class:`~esdistill.plugin.lexical.LexicalTemplate`, a parsed clause or
+            a JSON file path; checked against the allow-list on construction).
         cache_size: query embeddings kept in the LRU cache (0 disables it).
         rerank: :class:`~esdistill.plugin.rerank.RerankConfig` (top N, chunk size, breaker).
         default_budget_ms: budget for requests that give none (``None`` = no deadline).
@@ -110,6 +117,7 @@ class QueryConfig:
     linear_weight: float = 0.5
     fusion_depth: int = 50
     bm25_type: str = "cross_fields"
+    lexical_template: LexicalTemplate | None = None
     cache_size: int = 1024
     rerank: RerankConfig = field(default_factory=RerankConfig)
     default_budget_ms: float | None = None
@@ -137,6 +145,10 @@ class QueryConfig:
             problems.append(f"fusion_depth={self.fusion_depth} (1..{_MAX_NUM_CANDIDATES})")
         if self.bm25_type not in _MULTI_MATCH_TYPES:
             problems.append(f"bm25_type={self.bm25_type!r} (one of {_MULTI_MATCH_TYPES})")
+        try:
+            self.lexical_template = LexicalTemplate.coerce(self.lexical_template)
+        except ConfigError as exc:
+            problems.append(str(exc))
         if int(self.cache_size) < 0:
             problems.append(f"cache_size={self.cache_size} (>= 0)")
         if self.default_budget_ms is not None and not 0 < float(self.default_budget_ms) <= self.max_budget_ms:
@@ -159,13 +171,18 @@ class Hit:
 
     Attributes:
         id: the document id.
-        score: the retrieval score (kNN similarity, BM25, or the fused score in hybrid mode).
-            Hits are listed in final order, which after a rerank follows the teacher, not ``score``.
+        score: the retrieval score, on the scale ``score_kind`` names. Hits are listed in final
+            order, which after a rerank follows the teacher, not ``score``.
         rank: 1-based position in the response.
-        source: the stored fields (the vector field left out).
+        source: the stored fields (the vector field and esdistill's bookkeeping fields left out).
         rerank_score: the teacher's score, when the teacher scored this hit.
         team: for an interleaved response, which ranking contributed the hit.
-        index: the physical index the hit came from.
+        index: the physical index the hit came from (not part of :meth:`SearchResponse.to_dict`).
+        score_kind: the scale of ``score``: ``knn_cosine01`` ((1 + cosine) / 2, in [0, 1]),
+            ``knn_dot01``, ``knn_l2`` or ``knn_max_inner_product`` (Elasticsearch's kNN score for the
+            index's similarity), ``bm25`` (the lexical query's ``_score``: BM25 times the template's
+            boosts and functions, unbounded), ``rrf`` (sum of ``1 / (rrf_k + rank)``, at most
+            ``2 / (rrf_k + 1)``) or ``linear`` (weighted sum of min-max normalised scores, in [0, 1]).
     """
 
     id: str
@@ -175,6 +192,13 @@ class Hit:
     rerank_score: float | None = None
     team: str | None = None
     index: str | None = None
+    score_kind: str = "knn_cosine01"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hit in the shape every interface shares (CLI ``--json``, Python, HTTP)."""
+        return {"id": str(self.id), "score": float(self.score), "score_kind": self.score_kind, "rank": int(self.rank),
+                "source": dict(self.source), "rerank_score": None if self.rerank_score is None else float(self.rerank_score),
+                "team": self.team}
 
 
 @dataclass
@@ -190,8 +214,12 @@ class SearchResponse:
         variant: what produced the list: ``student``, ``student+rerank`` or ``interleaved``.
         arm: the A/B arm, or ``None`` outside an experiment.
         rerank: how far the teacher rerank ran (``reranked``: full, partial or none; why).
-        timings: milliseconds per stage: ``embed``, ``es``, ``fuse``, ``rerank``, ``total``.
+        timings: milliseconds per stage: ``embed``, ``es``, ``fuse``, ``rerank``, ``total``
+            (``timings_ms`` in :meth:`to_dict`).
         embedding_cached: the query embedding came from the cache.
+        score_kind: the scale of every hit's ``score`` (see :class:`Hit`).
+        mode_reason: for ``mode="auto"``, why ``mode`` ran: ``tuned`` (the index's stored choice),
+            ``untuned`` or ``other_model`` (knn), ``no_model`` (bm25); ``""`` for an explicit mode.
     """
 
     query_id: str
@@ -204,6 +232,8 @@ class SearchResponse:
     rerank: RerankOutcome
     timings: dict[str, float]
     embedding_cached: bool = False
+    score_kind: str = "knn_cosine01"
+    mode_reason: str = ""
 
     @property
     def ids(self) -> list[str]:
@@ -211,8 +241,25 @@ class SearchResponse:
         return [h.id for h in self.hits]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict (what ``esdistill search --json`` prints)."""
-        return asdict(self)
+        """The response as JSON-ready data: the one shape ``esdistill search --json`` prints and
+        ``POST /v1/search`` answers (same keys, ``timings_ms`` in milliseconds).
+
+        Example:
+            >>> sorted(resp.to_dict())                                        # doctest: +SKIP
+            ['arm', 'embedding_cached', 'hits', 'k', 'mode', 'query', 'query_id', 'rerank',
+             'score_kind', 'timings_ms', 'variant']
+        """
+        r = self.rerank
+        return {
+            "query_id": self.query_id, "query": self.query, "mode": self.mode, "k": int(self.k),
+            "variant": self.variant, "arm": self.arm, "score_kind": self.score_kind,
+            "hits": [h.to_dict() for h in self.hits],
+            "rerank": {"reranked": r.reranked, "count": int(r.count), "candidates": int(r.candidates),
+                       "reason": r.reason, "error": r.error, "ms": round(float(r.ms), 3)},
+            "timings_ms": {str(k): round(float(v), 3) for k, v in self.timings.items()},
+            "embedding_cached": bool(self.embedding_cached),
+            "mode_reason": self.mode_reason,
+        }
 
 
 class _LRU:
@@ -310,6 +357,8 @@ class QueryHook:
         self._alias_at = -math.inf
         self.vector_field = _DEFAULT_VECTOR_FIELD
         self.text_fields: tuple[str, ...] = _DEFAULT_TEXT_FIELDS
+        self._tuned: dict[str, Any] | None = None  # what `esdistill tune` stored: mode="auto" runs it
+        self.similarity = "cosine"
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -445,9 +494,11 @@ class QueryHook:
     def _apply_meta(self, physical: str, meta: Mapping[str, Any]) -> None:
         nested = meta.get("esdistill") if isinstance(meta.get("esdistill"), Mapping) else {}
         fingerprint = meta.get("model_fingerprint") or nested.get("fingerprint")
+        self._tuned = stored_choice(meta)
         self.vector_field = str(meta.get("vector_field") or nested.get("vector_field") or _DEFAULT_VECTOR_FIELD)
         fields_ = meta.get("text_fields") or nested.get("text_fields") or _DEFAULT_TEXT_FIELDS
         self.text_fields = tuple(str(f) for f in fields_)
+        self.similarity = str(meta.get("similarity") or nested.get("similarity") or "cosine")
         if self.encoder is None or not self.config.check_fingerprint:
             return
         if not fingerprint:
@@ -490,7 +541,8 @@ class QueryHook:
 
     # ----------------------------------------------------------------------------------- bodies
     def _source_filter(self) -> dict[str, Any]:
-        return {"excludes": [self.vector_field]}
+        """Leave the vector and esdistill's bookkeeping fields (content hash, model fingerprint) out."""
+        return {"excludes": [self.vector_field, *RESERVED_FIELDS]}
 
     def _knn_body(self, vector: np.ndarray, depth: int, num_candidates: int,
                   filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -501,7 +553,13 @@ class QueryHook:
         return {"knn": knn, "size": depth, "_source": self._source_filter(), "track_total_hits": False}
 
     def _bm25_body(self, text: str, depth: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
-        match = {"multi_match": {"query": text, "fields": list(self.text_fields), "type": self.config.bm25_type}}
+        """The lexical leg: the configured template (or a ``multi_match`` over the text fields), with
+        the request's filters as ``bool.filter`` around it."""
+        template = self.config.lexical_template
+        if template is not None:
+            match = template.render(text)
+        else:
+            match = {"multi_match": {"query": text, "fields": list(self.text_fields), "type": self.config.bm25_type}}
         return {"query": {"bool": {"must": [match], "filter": filters}}, "size": depth,
                 "_source": self._source_filter(), "track_total_hits": False}
 
@@ -516,9 +574,9 @@ class QueryHook:
                               f"({text[exc.start]!r} at position {exc.start}); fix the text at its source") from None
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
             raise ConfigError(f"k={_shown(k)} must be an integer between 1 and {self.config.max_k}")
-        if mode not in MODES:
-            raise ConfigError(f"mode={_shown(mode)} is unknown; use one of {MODES}")
-        if mode != "bm25" and self.encoder is None:
+        if mode not in (*MODES, AUTO):
+            raise ConfigError(f"mode={_shown(mode)} is unknown; use one of {(*MODES, AUTO)}")
+        if mode not in ("bm25", AUTO) and self.encoder is None:
             raise ConfigError(f"mode={mode!r} needs a query encoder; this hook was built without one (bm25 only)")
         if budget_ms is not None and (
             isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
@@ -559,20 +617,25 @@ class QueryHook:
         text: str,
         *,
         k: int = 10,
-        mode: str = "knn",
+        mode: str = AUTO,
         filters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         rerank: bool | None = None,
         ab_key: str | None = None,
         arm: str | None = None,
         budget_ms: float | None = None,
         num_candidates: int | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
     ) -> SearchResponse:
         """Search the index.
 
         Args:
             text: the query.
             k: hits to return (1..``config.max_k``).
-            mode: ``knn`` (student vectors), ``bm25`` (text fields) or ``hybrid`` (both, fused).
+            mode: ``knn`` (student vectors), ``bm25`` (text fields), ``hybrid`` (both, fused) or ``auto``
+                (the default): the mode and fusion ``esdistill tune`` stored for the index, knn when it was
+                never tuned or tuned for another model (``SearchResponse.mode`` says which ran,
+                ``mode_reason`` why).
             filters: Elasticsearch query clause(s) every hit must match (e.g. ``{"term": {"lang": "en"}}``),
                 from the allow-list of :func:`esdistill.plugin.filters.validate_filters`.
             rerank: force the teacher rerank on (``True``) or off (``False``); ``None`` lets the A/B arm
@@ -582,6 +645,8 @@ class QueryHook:
             budget_ms: the request's deadline in ms from the call; the rerank stops when it is spent
                 and the student's order is kept for the rest (``config.default_budget_ms`` when None).
             num_candidates: kNN candidates per shard (default from ``config``); at least ``k``.
+            fusion: hybrid fusion for this request, ``rrf`` or ``linear`` (default ``config.fusion``).
+            alpha: kNN weight of ``linear`` fusion for this request (default ``config.linear_weight``).
 
         Returns:
             A :class:`SearchResponse`.
@@ -596,15 +661,24 @@ class QueryHook:
         t0 = self._clock()
         budget_ms = self.config.default_budget_ms if budget_ms is None else budget_ms
         self._validate(text, k, mode, budget_ms, num_candidates)
+        explicit_fusion = fusion is not None or alpha is not None
+        fusion = self.config.fusion if fusion is None else fusion
+        alpha = self.config.linear_weight if alpha is None else alpha
+        if fusion not in FUSION_METHODS:
+            raise ConfigError(f"fusion={_shown(fusion)} is unknown; use one of {FUSION_METHODS}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise ConfigError(f"alpha={_shown(alpha)} must be a weight between 0 and 1 (the kNN share of linear fusion)")
         flist = _filters_list(filters)
         chosen, want_rerank, interleave = self._plan(rerank, ab_key, arm)
         deadline = None if budget_ms is None else t0 + float(budget_ms) / 1000.0
         self._load_meta()
+        mode, fusion, alpha, mode_reason = self._resolve_auto(mode, fusion, alpha, explicit_fusion)
 
         timings = {"embed": 0.0, "es": 0.0, "fuse": 0.0, "rerank": 0.0, "total": 0.0}
         depth = max(k, self.config.rerank.top_n) if want_rerank and self.rerank_stage is not None else k
         try:
-            order, by_id, cached = self._candidates(text, mode, depth, num_candidates, flist, timings)
+            order, by_id, cached = self._candidates(text, mode, depth, num_candidates, flist, timings,
+                                                    fusion=fusion, alpha=float(alpha))
         except _Rejected:
             # the alias may have moved to another model's index (other dims) since the last look:
             # then the model mismatch is the answer, not the refused search
@@ -632,18 +706,33 @@ class QueryHook:
             variant = "student+rerank" if outcome.count > 0 else "student"
 
         score_of = dict(order)
+        kind = score_kind(mode, fusion=fusion, similarity=self.similarity)
         hits_out = [
             Hit(id=d, score=score_of[d], rank=rank, source=by_id[d].get("_source") or {},
-                rerank_score=rerank_scores.get(d), team=teams.get(d), index=by_id[d].get("_index"))
+                rerank_score=rerank_scores.get(d), team=teams.get(d), index=by_id[d].get("_index"), score_kind=kind)
             for rank, d in enumerate(final_ids[:k], start=1)
         ]
         timings["total"] = (self._clock() - t0) * 1000.0
         response = SearchResponse(
             query_id=query_id, query=text, mode=mode, k=k, hits=hits_out, variant=variant,
             arm=chosen.name if chosen else None, rerank=outcome, timings=timings, embedding_cached=cached,
+            score_kind=kind, mode_reason=mode_reason,
         )
-        self._log_exposure(response, ab_key, bool(teams))
+        self._log_exposure(response, ab_key, bool(teams), chosen=chosen, forced=arm is not None,
+                           rerank_override=rerank)
         return response
+
+    def _resolve_auto(self, mode: str, fusion: str, alpha: float,
+                      explicit_fusion: bool) -> tuple[str, str, float, str]:
+        """``mode="auto"`` as the index's tuned choice (:func:`esdistill.plugin.tune.resolve_auto`):
+        the mode, its fusion and kNN weight (unless the request gave its own), and why."""
+        if mode != AUTO:
+            return mode, fusion, alpha, ""
+        auto = resolve_auto(self._tuned, self.encoder)
+        if auto.fusion and not explicit_fusion:
+            fusion = str(auto.fusion.get("fusion", fusion))
+            alpha = float(auto.fusion.get("alpha", alpha))
+        return auto.mode, fusion, alpha, auto.reason
 
     def _plan(self, rerank: bool | None, ab_key: str | None, arm: str | None) -> tuple[Arm | None, bool, bool]:
         """The request's arm, whether to rerank, and whether to interleave."""
@@ -658,7 +747,7 @@ class QueryHook:
 
     def _candidates(
         self, text: str, mode: str, depth: int, num_candidates: int | None, filters: list[dict[str, Any]],
-        timings: dict[str, float],
+        timings: dict[str, float], *, fusion: str, alpha: float,
     ) -> tuple[list[tuple[str, float]], dict[str, dict[str, Any]], bool]:
         """Embed, retrieve and (hybrid) fuse: the student's top ``depth`` as (id, score), the raw hits."""
         vector, cached = None, False
@@ -681,9 +770,8 @@ class QueryHook:
             return [(h["_id"], float(h["_score"] or 0.0)) for h in lists[0][:depth]], by_id, cached
         t = self._clock()
         ranked = [[(h["_id"], float(h["_score"] or 0.0)) for h in hits] for hits in lists]
-        w = self.config.linear_weight
-        fused = fuse(ranked, method=self.config.fusion, rrf_k=self.config.rrf_k,
-                     weights=None if self.config.fusion == "rrf" else [1.0 - w, w])
+        fused = fuse(ranked, method=fusion, rrf_k=self.config.rrf_k,
+                     weights=None if fusion == "rrf" else [1.0 - alpha, alpha])
         timings["fuse"] = (self._clock() - t) * 1000.0
         return fused[:depth], by_id, cached
 
@@ -734,11 +822,16 @@ class QueryHook:
         outcome = RerankOutcome(reranked="none", count=0, candidates=n, reason=REASON_BUDGET, ms=waited_ms)
         return RerankResult(list(range(n)), [None] * n, outcome)
 
-    def _log_exposure(self, response: SearchResponse, ab_key: str | None, interleaved: bool) -> None:
+    def _log_exposure(self, response: SearchResponse, ab_key: str | None, interleaved: bool, *,
+                      chosen: Arm | None, forced: bool, rerank_override: bool | None) -> None:
+        """One exposure row: the arm assigned, the variant served and why (see
+        :func:`esdistill.plugin.ab.exposure_fields`), latency, and the interleaving teams."""
         if self.exposure_log is None:
             return
-        extra: dict[str, Any] = {"mode": response.mode, "variant": response.variant,
-                                 "reranked": response.rerank.reranked}
+        extra: dict[str, Any] = {"mode": response.mode, "k": response.k,
+                                 **exposure_fields(chosen, response.variant, response.rerank,
+                                                   forced=forced, rerank_override=rerank_override),
+                                 "latency_ms": round(float(response.timings.get("total", 0.0)), 3)}
         if interleaved:
             extra["names"] = list(self.config.interleave_names)
         self.exposure_log.record(query_id=response.query_id, key=ab_key, arm=response.arm, shown=response.ids,

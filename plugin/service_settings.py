@@ -83,6 +83,11 @@ class ServiceSettings:
         default_budget_ms: rerank budget when a request gives none (None: the query hook's default).
         threads: ONNX Runtime intra-op threads (None: onnxruntime decides).
         rerank_top_n: how many hits the reranker sees (None: the query hook's default).
+        lexical_template: a JSON file with the team's lexical query (``{{query}}`` where the text
+            goes), the lexical leg of ``bm25`` and ``hybrid`` search; checked against the allow-list
+            when the settings load (see :mod:`esdistill.plugin.lexical`). None: ``multi_match``.
+        fusion: default hybrid fusion, ``rrf`` or ``linear`` (a request may choose its own).
+        alpha: default kNN weight of ``linear`` fusion (the lexical leg gets ``1 - alpha``).
         ab_rerank_share: share of A/B keys assigned to the student+rerank arm (None: no A/B).
         ab_salt: salt of the A/B assignment (changing it reshuffles the keys).
         exposure_log: JSONL file for the A/B exposure log (None: the logger only).
@@ -111,6 +116,9 @@ class ServiceSettings:
     default_budget_ms: float | None = None
     threads: int | None = None
     rerank_top_n: int | None = None
+    lexical_template: str | None = None
+    fusion: str = "rrf"
+    alpha: float = 0.5
     ab_rerank_share: float | None = None
     ab_salt: str = "esdistill"
     exposure_log: str | None = None
@@ -159,6 +167,16 @@ class ServiceSettings:
              f"threads={self.threads!r} must be a positive integer")
         need(self.rerank_top_n is None or (isinstance(self.rerank_top_n, int) and self.rerank_top_n >= 1),
              f"rerank_top_n={self.rerank_top_n!r} must be a positive integer")
+        need(self.fusion in ("rrf", "linear"), f"fusion={self.fusion!r} must be rrf or linear")
+        need(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+             and 0.0 <= float(self.alpha) <= 1.0, f"alpha={self.alpha!r} must be a weight between 0 and 1")
+        if self.lexical_template:
+            from esdistill.plugin.lexical import LexicalTemplate
+
+            try:
+                LexicalTemplate.load(self.lexical_template)
+            except ConfigError as exc:
+                problems.append(str(exc))
         need(self.ab_rerank_share is None or (isinstance(self.ab_rerank_share, (int, float))
                                               and 0.0 <= self.ab_rerank_share <= 1.0),
              f"ab_rerank_share={self.ab_rerank_share!r} must be a share between 0 and 1")

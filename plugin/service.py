@@ -392,7 +392,9 @@ def create_app(settings: ServiceSettings):
         model_config = ConfigDict(extra="forbid")
         query: str = Field(min_length=1, max_length=s.max_query_chars, description="the query text")
         k: int = Field(10, ge=1, le=s.max_k, description="hits to return")
-        mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
+        mode: Literal["auto", "knn", "hybrid", "bm25"] = Field(
+            "auto", description="retrieval mode; auto (the default) runs what `esdistill tune` stored for the "
+                                "index, knn when it was never tuned or tuned for another model")
         filters: list[Clause] | Clause | None = Field(  # type: ignore[valid-type]
             None, max_length=100,
             description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}; "
@@ -448,6 +450,8 @@ def create_app(settings: ServiceSettings):
         rerank: RerankInfo
         timings_ms: dict[str, float] = Field(description="embed, es, fuse, rerank, total")
         embedding_cached: bool
+        mode_reason: str = Field("", description="for mode auto, why mode ran: tuned, untuned or other_model "
+                                                 "(knn); empty for an explicit mode")
 
     class IngestRequest(BaseModel):
         """Documents to embed and index (BEIR layout: ``_id``, ``title``, ``text``; other fields are stored)."""

@@ -11,11 +11,14 @@ lost:
 2. **Catch up.** Documents written to the source meanwhile have a higher ``_seq_no``: each round
    reads them per shard (``_seq_no`` above the last round's mark) and copies them, until a round
    finds only a few.
-3. **Block, verify.** The source gets a write block (``index.blocks.write``; writers see a 403
-   ``cluster_block_exception`` while it lasts and should retry), the last changes are copied,
-   then every document is verified by id and version against the target: a missing or outdated
-   one is copied again, one the source no longer has (deleted during the copy) is deleted from
-   the target. Verification repeats until a pass finds nothing to fix.
+3. **Verify, block, verify the rest.** Every document is compared by id and version with the
+   target while the source still takes writes: a missing or outdated one is copied again, one the
+   source no longer has (deleted during the copy) is deleted from the target. Then the source gets
+   a write block (``index.blocks.write``; writers see a 403 ``cluster_block_exception`` while it
+   lasts and should retry), and only what changed since that pass (``_seq_no`` above its marks) is
+   verified and fixed, until a pass finds nothing to fix; deletes are caught by the counts (the
+   target holds every source document by then, so equal counts mean equal sets). The block thus
+   lasts for the last changes, not for the whole index.
 4. **Swap.** Only then does the alias move, in one atomic ``_aliases`` call. When the source was a
    concrete index of the alias's own name, it is first cloned to ``<alias>-000000`` (hard links,
    no re-embedding) and the same atomic call replaces the concrete index by the alias; the clone
@@ -105,7 +108,8 @@ def unblock_writes(mgr: IndexManager, source: str, target: str | None) -> None:
 
 
 def swap_in(mgr: IndexManager, target: str, *, source: str) -> str:
-    """Move the alias to ``target`` atomically; return where the old data stays."""
+    """Move the alias to ``target`` atomically and lift the write block from what stays behind;
+    return where the old data stays."""
     client = mgr.client
     if source == mgr.alias:  # a concrete index of the alias's name: keep a clone, replace it by the alias
         keep = mgr.original_name()
@@ -124,8 +128,12 @@ def swap_in(mgr: IndexManager, target: str, *, source: str) -> str:
         keep = source
         if _is_blocked(client, source) and mgr.meta(target).write_blocked == source:
             unblock_writes(mgr, source, None)
-    mgr.update_meta(target, building=False, write_blocked=None, previous_index=keep)
     return keep
+
+
+def _mark_done(mgr: IndexManager, target: str, keep: str) -> None:
+    """The target took the alias: it is no unfinished copy any more, and points at the old data."""
+    mgr.update_meta(target, building=False, write_blocked=None, previous_index=keep)
 
 
 def repair_interrupted(mgr: IndexManager) -> None:
@@ -288,13 +296,16 @@ def run_copy(mgr: IndexManager, *, source: str, target: str, encoder: Any, meta:
     total = copier.count(source)
     with tqdm(total=total, unit="doc", desc=f"copy {source} -> {target}", disable=not show,
               dynamic_ncols=True) as bar:
+        # marks first, then a refresh, then the point-in-time: a write the point-in-time cannot see yet
+        # has a _seq_no above the marks, so the catch-up finds it
         marks = copier.watermarks()
+        copier.refresh(source)
         copier.copy(scan(mgr.client, source, policy=copier.policy, page_size=page_size,
                          source_excludes=copier.excludes, version=True, what="copy"), counter="read", bar=bar)
         _stop_if_failed(summary, mgr, source, target, blocked=False)
         for _ in range(_MAX_ROUNDS):  # catch up while the source stays writable
-            copier.refresh(source)
             now = copier.watermarks()
+            copier.refresh(source)
             before = summary.caught_up
             copier.copy(copier.changed_since(marks), counter="caught_up", bar=bar)
             summary.catch_up_rounds += 1
@@ -302,16 +313,26 @@ def run_copy(mgr: IndexManager, *, source: str, target: str, encoder: Any, meta:
             _stop_if_failed(summary, mgr, source, target, blocked=False)
             if summary.caught_up - before <= _SMALL_DELTA:
                 break
+        # every document by id and version while the source still takes writes: the write block below
+        # then only has to look at what changed since these marks
+        marks = copier.watermarks()
+        copier.refresh(source)
+        copier.verify_all(bar)
+        _stop_if_failed(summary, mgr, source, target, blocked=False)
         blocked = block_writes(mgr, source, target)
         t_block = time.perf_counter()
         try:
             copier.refresh(source)
-            copier.copy(copier.changed_since(marks), counter="caught_up", bar=bar)
-            for _ in range(3):
-                if not copier.verify(bar) or summary.failed:
+            for _ in range(3):  # the last changes, verified and fixed, then verified again
+                if not (copier.verify_changed(marks, bar) + copier.drop_extras()) or summary.failed:
                     break
             else:
                 summary.note_failure("*", "documents kept differing after three verification passes")
+            in_target, in_source = copier.count(target), copier.count(source)
+            if not summary.failed and in_target != in_source:
+                summary.note_failure("*", f"{target} holds {in_target} documents after verification, {source} "
+                                          f"{in_source}")
+            summary.verified = in_source
             _stop_if_failed(summary, mgr, source, target, blocked=blocked)
             copier.refresh(target)
             rollback_index = swap_in(mgr, target, source=source)
@@ -321,6 +342,7 @@ def run_copy(mgr: IndexManager, *, source: str, target: str, encoder: Any, meta:
             summary.write_block_s = time.perf_counter() - t_block
             raise
         summary.write_block_s = time.perf_counter() - t_block
+        _mark_done(mgr, target, rollback_index)
     summary.complete = True
     summary.seconds = time.perf_counter() - started
     return summary, rollback_index

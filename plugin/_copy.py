@@ -50,7 +50,9 @@ class CopySummary:
         caught_up: documents copied again because they changed while the copy ran.
         catch_up_rounds: catch-up rounds before the write block.
         deleted: documents removed from the target because they were deleted from the source.
-        verified: documents whose id and version were checked against the source.
+        verified: documents checked against the source by id and version (every document the
+            source holds at the swap: by the full pass before the write block, or after it when
+            they changed since).
         failed: documents that could not be carried over; ``failures`` lists some with reasons.
         write_block_s: how long the source was write-blocked.
         seconds / embed_seconds: wall time and time in the encoder.
@@ -255,33 +257,50 @@ class Copier:
             else:
                 self.summary.note_failure(doc_id, f"could not delete it from {self.target}: {outcome.reason}")
 
-    # ------------------------------------------------------------------ verification (source blocked)
-    def verify(self, bar: Any) -> int:
-        """Compare every document by id and version; fix what differs. Returns how many were fixed."""
+    # ------------------------------------------------------------------ verification
+    def verify_all(self, bar: Any) -> int:
+        """Compare every source document with the target by id and version and fix what differs
+        (missing or outdated: copied again; gone from the source: deleted). Returns how many were fixed."""
         fixed = 0
-        stale: list[dict[str, Any]] = []
-        verified = 0
+        page: list[dict[str, Any]] = []
         for hit in scan(self.client, self.source, policy=self.policy, page_size=self.page_size, source=False,
                         version=True, what="verification"):
-            stale.append(hit)
-            if len(stale) >= self.page_size:
-                verified += len(stale)
-                fixed += self._repair(stale, bar)
-                stale = []
-        if stale:
-            verified += len(stale)
-            fixed += self._repair(stale, bar)
-        self.summary.verified = verified
-        if self.count(self.target) != self.count(self.source):
-            extra: list[str] = []
-            for hit in scan(self.client, self.target, policy=self.policy, page_size=self.page_size, source=False,
-                            what="verification"):
-                extra.append(hit["_id"])
-                if len(extra) >= self.page_size:
-                    fixed += self._drop_deleted(extra)
-                    extra = []
-            if extra:
+            page.append(hit)
+            if len(page) >= self.page_size:
+                fixed += self._repair(page, bar)
+                page = []
+        if page:
+            fixed += self._repair(page, bar)
+        return fixed + self.drop_extras()
+
+    def verify_changed(self, marks: dict[str, int], bar: Any) -> int:
+        """Compare (and fix) the documents changed since ``marks``; returns how many were fixed."""
+        fixed = 0
+        page: list[dict[str, Any]] = []
+        for hit in self.changed_since(marks):
+            page.append(hit)
+            if len(page) >= self.page_size:
+                fixed += self._repair(page, bar)
+                page = []
+        if page:
+            fixed += self._repair(page, bar)
+        return fixed
+
+    def drop_extras(self) -> int:
+        """Delete from the target the documents the source no longer has (only looked for when the
+        counts differ: the target holds every source document by then, so equal counts mean equal sets)."""
+        if self.count(self.target) == self.count(self.source):
+            return 0
+        fixed = 0
+        extra: list[str] = []
+        for hit in scan(self.client, self.target, policy=self.policy, page_size=self.page_size, source=False,
+                        what="verification"):
+            extra.append(hit["_id"])
+            if len(extra) >= self.page_size:
                 fixed += self._drop_deleted(extra)
+                extra = []
+        if extra:
+            fixed += self._drop_deleted(extra)
         return fixed
 
     def _repair(self, hits: list[dict[str, Any]], bar: Any) -> int:

@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a sample of each collection (500 docs, 30 test queries, 120 train queries) and a small "
                         "training budget: about 15 minutes on 2 cores the first time")
-    p.add_argument("--collections", nargs="*", help="BEIR folders (default: every folder of ../shared/data)")
+    p.add_argument("--collections", nargs="*", help="BEIR folders (default: every collection in --data)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="a folder of BEIR collections, used when --collections is not given (default: "
+                        "$ESDISTILL_DATA; one of them is needed)")
     p.add_argument("--distilled", action="append", metavar="NAME=DIR",
                    help="an exported distilled student for collection NAME (repeatable; skips training)")
     p.add_argument("--no-train", action="store_true", help="do not train a distilled student when none is given")

@@ -1,7 +1,8 @@
 """``esdistill bench``: the numbers and pictures a team decides from, made by one command in one run.
 
 On a real Elasticsearch node and the packaged models it measures, for every collection given
-(BEIR layout; default: every folder of ``../shared/data``):
+(BEIR layout; ``--collections``, or every collection in the ``--data`` folder, by default
+``$ESDISTILL_DATA``):
 
 * **Quality** (test split; nDCG@10, Recall@100, MRR@10, per-query wins/losses against the shipped
   student): BM25, the shipped student (int8 ONNX), the distilled student (torch fp32 exact search,
@@ -20,7 +21,8 @@ qrels when it has them, else the label-free ``adapt`` path), cached under the wo
 second bench reuses it. ``--quick`` works on a sample of each collection (every judged document of
 the sampled queries plus random others) with a smaller training budget; the report says so.
 
-Writes ``report.json``, ``report.md`` and PNG plots into ``--out``.
+Writes ``report.json``, ``report.md`` and PNG plots into ``--out``; the paths they show are relative
+to the working directory (``~`` for the home directory), never a machine's absolute paths.
 
 Example::
 
@@ -51,7 +53,6 @@ __all__ = ["BenchConfig", "run_bench"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # the parity sample of the bench's exports: the export gate's nDCG@10 check needs enough queries
 # that one flipped query does not decide it (at 50 queries one flip moves nDCG@10 by about 0.02)
 PARITY_DOCS, PARITY_QUERIES = 300, 100
@@ -67,6 +68,8 @@ class BenchConfig:
     Attributes:
         out: report folder.
         collections: BEIR folders (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``).
+        data: when ``collections`` is empty, every collection in this folder (default:
+            ``$ESDISTILL_DATA``; one of the three must name the data).
         quick: sample each collection and use a small training budget.
         student / teacher: packaged names or folders (the teacher is served as a bi-encoder).
         distilled: collection name -> an exported distilled student folder (skips training).
@@ -89,6 +92,7 @@ class BenchConfig:
 
     out: Path
     collections: tuple[Path, ...] = ()
+    data: Path | None = None
     quick: bool = False
     student: str = "minilm"
     teacher: str = "mpnet"
@@ -122,13 +126,17 @@ class BenchConfig:
                                   f"than {sorted(fixed)}; training settings go in train_overrides)")
 
         self.out = Path(self.out)
+        where: Any = None
         if not self.collections:
-            self.collections = tuple(sorted(p for p in DEFAULT_DATA.glob("*") if (p / "corpus.jsonl").is_file()))
+            from esdistill.deploy._data_dir import data_dir
+
+            where = self.data = data_dir(self.data, option="--collections DIR ... or --data DIR")
+            self.collections = tuple(sorted(p for p in where.glob("*") if (p / "corpus.jsonl").is_file()))
         self.collections = tuple(Path(c) for c in self.collections)
         missing = [str(c) for c in self.collections if not (c / "corpus.jsonl").is_file()
                    or not (c / "qrels" / "test.tsv").is_file()]
         if missing or not self.collections:
-            raise ConfigError(f"no usable collection in {missing or DEFAULT_DATA}: each needs corpus.jsonl, "
+            raise ConfigError(f"no usable collection in {missing or where}: each needs corpus.jsonl, "
                               "queries.jsonl and qrels/test.tsv (BEIR layout); pass --collections DIR ...")
         # quick: the teacher reranks the top 10 (the rerank row is the slowest of a quick run on CPU)
         quick = {"max_docs": 500, "max_queries": 30, "train_queries": 120, "rerank_depths": (10,),
@@ -675,14 +683,14 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
         out = run_dir / "ablation" / loss.replace("*", "x").replace("+", "_")
         kw = {k: v for k, v in base_cfg.items() if k in TrainConfig.__dataclass_fields__}
         kw.update(loss=loss, show_progress=_tty(), seed=cfg.seed)
-        t0 = time.perf_counter()
-        if not (out / "student" / "config.json").is_file():
-            train_student(lists, corpus, student=cfg.student, out_dir=out, config=TrainConfig(**kw), resume=True,
-                          frozen_doc_vectors=frozen)
-        seconds = time.perf_counter() - t0
+        # an earlier bench's student of these very lists and settings is resumed from its last
+        # checkpoint (nothing is trained again); anything else is trained from the base
+        result = train_student(lists, corpus, student=cfg.student, out_dir=out, config=TrainConfig(**kw),
+                               resume=True, frozen_doc_vectors=frozen)
         row = _torch_system(out / "student", folder, cfg.threads, document_model=document_model,
                             doc_vectors=doc_vectors)
-        row["train_seconds"] = round(seconds, 1)  # 0 when an earlier run's student was reused
+        row["train_seconds"] = round(result.seconds, 1)  # the student's training time, also when reused
+        row["reused"] = result.resumed_from_step is not None and result.resumed_from_step == result.steps
         row.pop("_per_query", None)
         rows[loss] = row
         logger.info("ablation %s %s: nDCG@10 %.4f", name, loss, row["ndcg@10"])
@@ -803,12 +811,60 @@ def run_bench(cfg: BenchConfig, *, client: Any = None,
     report["targets"] = _targets(report)
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
+    known = [out, work, *cfg.collections, *(Path(d) for d in cfg.distilled.values()),
+             *(Path(m) for m in (cfg.student, cfg.teacher) if Path(m).exists())]
+    report = _portable(report, known)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    report["plots"] = write_plots(report, out)
+    report["plots"] = _portable(write_plots(report, out), known)
     write_markdown(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     say(f"[bench] done in {report['seconds'] / 60:.1f} min: {out / 'report.md'}")
     return report
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a report shows it: relative to the working directory, ``~/...`` under the home
+    directory, else relative to the working directory with ``..`` (never absolute on POSIX)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return os.fspath(p)
+    cwd, home = Path.cwd(), Path.home()
+    if p == cwd or cwd in p.parents:
+        return os.fspath(p.relative_to(cwd))
+    if p == home or home in p.parents:
+        return os.fspath(Path("~") / p.relative_to(home))
+    try:
+        return os.path.relpath(p, cwd)
+    except ValueError:  # another drive
+        return os.fspath(p)
+
+
+def _portable(value: Any, paths: Sequence[Path]) -> Any:
+    """``value`` (the report, or part of it) with every occurrence of ``paths`` (as given and
+    resolved) written as :func:`shown_path` writes them, in every string it holds; any other path
+    under the working directory or the home directory (e.g. a packaged model's cache) too."""
+    subs: dict[str, str] = {}
+    for p in paths:
+        for form in (Path(p).absolute(), Path(p).resolve()):
+            subs[os.fspath(form)] = shown_path(form)
+    for root in (Path.cwd(), Path.home()):
+        subs.setdefault(os.fspath(root) + os.sep, shown_path(root) + os.sep)
+    order = sorted((k for k in subs if k not in (os.sep, "")), key=len, reverse=True)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str):
+            for k in order:
+                v = v.replace(k, subs[k])
+            return v
+        if isinstance(v, Path):
+            return fix(os.fspath(v))
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(value)
 
 
 def _given_distilled(path: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -893,7 +949,7 @@ def main_args(args: Any) -> int:
         k, v = item.split("=", 1)
         distilled[k] = v
     cfg = BenchConfig(out=Path(args.out), collections=tuple(Path(c) for c in args.collections or ()),
-                      quick=args.quick, student=args.student, teacher=args.teacher, distilled=distilled,
+                      data=Path(args.data) if args.data else None, quick=args.quick, student=args.student, teacher=args.teacher, distilled=distilled,
                       train=not args.no_train, ablation=tuple(args.ablation) if args.ablation is not None else None,
                       threads=args.threads, seed=args.seed, max_docs=args.max_docs, max_queries=args.max_queries,
                       rerank_depths=_depths(args.rerank_depths),

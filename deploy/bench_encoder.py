@@ -42,7 +42,6 @@ __all__ = ["BenchResult", "main", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 BASELINE = "st-torch-fp32"
 
 
@@ -136,7 +135,7 @@ def _esdistill_exports(model: str, work: Path, texts: Sequence[str], fp32_dir: s
     return Path(fp32_dir), Path(int8_dir)
 
 
-def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs: int = 1000, batch_size: int = 32,
+def run_benchmark(*, model: str = "minilm", corpus: Path | None = None, docs: int = 1000, batch_size: int = 32,
                   threads: int | None = None, rounds: int = 2, work_dir: Path | None = None,
                   esdistill_fp32: str | None = None, esdistill_int8: str | None = None,
                   skip_st_onnx: bool = False, es_url: str | None = None,
@@ -145,7 +144,7 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
 
     Args:
         model: the source model (folder or packaged name).
-        corpus: a BEIR ``corpus.jsonl``.
+        corpus: a BEIR ``corpus.jsonl`` (default: ``$ESDISTILL_DATA/scifact/corpus.jsonl``).
         docs: how many documents to encode per round.
         batch_size: texts per call, for every engine.
         threads: torch and onnxruntime intra-op threads (default: all cores).
@@ -164,7 +163,11 @@ def run_benchmark(*, model: str = "minilm", corpus: Path = _DEFAULT_CORPUS, docs
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     source = Path(resolve_model(model))
-    texts = list(texts) if texts is not None else load_texts(Path(corpus), docs)
+    if texts is None and corpus is None:
+        from esdistill.deploy._data_dir import data_dir
+
+        corpus = data_dir(None, option="--corpus FILE") / "scifact" / "corpus.jsonl"
+    texts = list(texts) if texts is not None else load_texts(Path(corpus), docs)  # type: ignore[arg-type]
     tmp = None
     if work_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="esdistill-bench-")
@@ -287,7 +290,8 @@ def _print_table(report: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esdistill.deploy.bench_encoder", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="minilm", help="source model: folder or packaged name (default minilm)")
-    p.add_argument("--corpus", type=Path, default=_DEFAULT_CORPUS, help="a BEIR corpus.jsonl (default: SciFact)")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="a BEIR corpus.jsonl [$ESDISTILL_DATA/scifact/corpus.jsonl]")
     p.add_argument("--docs", type=int, default=1000, help="documents per round (default 1000)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per call (default 32)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")

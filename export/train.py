@@ -153,7 +153,7 @@ class TrainResult:
             ``model_dir``).
         steps: optimiser steps taken (over all runs, when resumed).
         history: ``{"step", "loss", "dev"}`` rows.
-        seconds: wall time of this run.
+        seconds: training wall time (over all runs, when resumed).
         teacher_temperature: the teacher temperature used (the matched one with ``"auto"``).
         fingerprint: the digest of what was trained (see :func:`training_fingerprint`).
         resumed_from_step: the checkpoint's step this run continued from (``None``: from the base).
@@ -520,6 +520,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule)
     step, start_epoch, skip = 0, 0, 0
+    trained_before = 0.0
     history: list[dict[str, float]] = []
     start, stale = _resume_point(out, fingerprint, total_steps) if resume else (None, None)
     if not resume and _checkpoints(out):
@@ -535,6 +536,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         step, start_epoch, skip, history = state["step"], state["epoch"], state["batch"], state["history"]
+        trained_before = float(state.get("seconds", 0.0))
         logger.info("resumed from %s (step %d)", start, step)
     resumed_step = step if start is not None else None
 
@@ -542,7 +544,8 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
         path = out / "checkpoints" / f"step-{step}"
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
-                    "step": step, "epoch": epoch, "batch": batch, "history": history}, path / "state.pt")
+                    "step": step, "epoch": epoch, "batch": batch, "history": history,
+                    "seconds": trained_before + time.time() - started}, path / "state.pt")
         (path / FINGERPRINT_NAME).write_text(json.dumps(fingerprint, indent=2, default=str) + "\n")
         for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -640,7 +643,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model.save(str(model_dir))
-    seconds = time.time() - started
+    seconds = trained_before + time.time() - started
     doc_ref = base_ref if cfg.query_side_only else str(model_dir)
     info = {"config": asdict(cfg), "teacher_temperature": float(teacher_temperature), "base_student": base_ref,
             "document_model": doc_ref, "steps": step, "lists": len(lists), "seconds": round(seconds, 1),

@@ -41,7 +41,7 @@ def test_int8_export_is_a_complete_servable_folder(tiny_int8, tiny_bi_encoder):
     assert m.quantization == "int8-dynamic"
     assert (m.dims, m.pooling, m.normalize, m.max_seq_length) == (32, "mean", True, 64)
     assert m.similarity == "cosine" and m.output_name == "last_hidden_state"
-    assert m.fingerprint == compute_fingerprint(out, m.files)
+    assert m.fingerprint == compute_fingerprint(out, m.files, recipe=m.recipe())
     assert "tokenizer.json" in m.files and "model_int8.onnx" in m.files
     assert m.source_sha256 == sha256_file(tiny_bi_encoder / "model.safetensors")
     assert {"onnxruntime", "optimum", "torch", "transformers", "sentence-transformers"} <= set(m.libraries)

@@ -89,6 +89,7 @@ def test_every_loss_trains_without_error(lists, corpus, tiny_bi_encoder, tmp_pat
     assert result.steps == 2 and all(np.isfinite(h["loss"]) for h in result.history)
 
 
+@pytest.mark.slow  # two full training runs
 def test_gate_refuses_a_deliberately_bad_run(lists, corpus, pseudo_dev, tiny_bi_encoder, tmp_path):
     queries, qrels = pseudo_dev
     ev = RetrievalEvaluator(corpus, queries, qrels)

@@ -45,11 +45,10 @@ from typing import Any, Literal
 import numpy as np
 from esdistill.plugin._errors import ConfigError, EsdistillError
 from esdistill.plugin._service_guards import error_body
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EmbeddingsRequest", "RerankRequest", "openai_router"]
+__all__ = ["EmbeddingsRequest", "RerankRequest", "add_openai_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,23 +125,24 @@ def _error(code: int, kind: str, message: str, headers: dict[str, str] | None = 
     return JSONResponse(error_body(kind, message), status_code=code, headers=headers)
 
 
-def openai_router(state: Any, *, max_inputs: int, max_total_chars: int) -> APIRouter:
-    """The ``/v1/embeddings`` and ``/v1/rerank`` routes over a service's encoder and reranker.
+def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars: int) -> None:
+    """Add the ``/v1/embeddings`` and ``/v1/rerank`` routes over a service's encoder and reranker.
+
+    The routes are added to the app's own router (not an included one), so that every route of the
+    app is a plain route with a path template: the metrics label requests by it.
 
     Args:
+        app: the service's FastAPI app.
         state: the service's :class:`~esdistill.plugin.service.ServiceState` (``encoder``,
             ``manifest`` and ``reranker`` are used).
         max_inputs: most texts (inputs, or documents to rerank) in one request.
         max_total_chars: most characters of all texts of one request together.
-
-    Returns:
-        A FastAPI router to include in the service's app.
     """
     if max_inputs < 1 or max_total_chars < 1:
         raise ConfigError(f"max_inputs={max_inputs} and max_total_chars={max_total_chars} must be >= 1")
     from esdistill.plugin.encoder import load_tokenizer
 
-    router = APIRouter(tags=["inference"])
+    router = app.router
     manifest = state.manifest
     model_names = _names(manifest.name, manifest.fingerprint)
     paired_query_encoder = bool(getattr(manifest, "document_fingerprint", None))
@@ -159,7 +159,8 @@ def openai_router(state: Any, *, max_inputs: int, max_total_chars: int) -> APIRo
                           f"{max_total_chars} (max_documents x max_query_chars): send smaller batches")
         return None
 
-    @router.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="Embed texts (OpenAI shape)")
+    @router.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="Embed texts (OpenAI shape)",
+                 tags=["inference"])
     def embeddings(body: EmbeddingsRequest):
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
@@ -194,7 +195,7 @@ def openai_router(state: Any, *, max_inputs: int, max_total_chars: int) -> APIRo
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-                 summary="Order documents for a query with the service's reranker")
+                 summary="Order documents for a query with the service's reranker", tags=["inference"])
     def rerank(body: RerankRequest):
         reranker = state.reranker
         if reranker is None:
@@ -226,5 +227,3 @@ def openai_router(state: Any, *, max_inputs: int, max_total_chars: int) -> APIRo
         results = [{"index": i, "relevance_score": float(scores[i]),
                     "document": {"text": body.documents[i]} if body.return_documents else None} for i in order]
         return {"model": body.model or reranker.name, "results": results}
-
-    return router

@@ -149,9 +149,11 @@ def test_routes_are_counted_by_template(base_url, encoder):
     auth = {"Authorization": f"Bearer {KEY}"}
     httpx.post(f"{base_url}/v1/embeddings", headers=auth, json={"input": "a", "model": encoder.manifest.name})
     httpx.post(f"{base_url}/v1/embeddings/../x", headers=auth, json={})
+    httpx.post(f"{base_url}/v1/embeddings", json={})  # refused before routing: still labelled by its template
     text = httpx.get(f"{base_url}/metrics").text
     lines = [line for line in text.splitlines() if line.startswith("esdistill_http_requests_total{")]
     assert any('route="/v1/embeddings"' in line and 'status="200"' in line for line in lines)
+    assert any('route="/v1/embeddings"' in line and 'status="401"' in line for line in lines)
     assert any('route="/v1/rerank"' in line for line in lines)
     assert not any("../" in line for line in lines)
 

@@ -171,7 +171,8 @@ def test_api_key_auth_401_403_and_open_ops_routes(client):
     schema = client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header",
                                                                  "name": "X-API-Key"}
-    assert schema["paths"]["/v1/search"]["post"]["security"] == [{"ApiKey": []}]
+    # either scheme: the X-API-Key header or Authorization: Bearer
+    assert schema["paths"]["/v1/search"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 

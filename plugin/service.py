@@ -264,7 +264,9 @@ def _query_config(settings: ServiceSettings):
 
     rerank = RerankConfig(top_n=settings.rerank_top_n) if settings.rerank_top_n else RerankConfig()
     return QueryConfig(max_k=settings.max_k, rerank=rerank, default_budget_ms=settings.default_budget_ms,
-                       request_timeout_s=settings.es_timeout_s, max_retries=settings.es_max_retries)
+                       request_timeout_s=settings.es_timeout_s, max_retries=settings.es_max_retries,
+                       lexical_template=settings.lexical_template, fusion=settings.fusion,
+                       linear_weight=float(settings.alpha))
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -390,7 +392,9 @@ def create_app(settings: ServiceSettings):
         model_config = ConfigDict(extra="forbid")
         query: str = Field(min_length=1, max_length=s.max_query_chars, description="the query text")
         k: int = Field(10, ge=1, le=s.max_k, description="hits to return")
-        mode: Literal["knn", "hybrid", "bm25"] = Field("knn", description="retrieval mode")
+        mode: Literal["auto", "knn", "hybrid", "bm25"] = Field(
+            "auto", description="retrieval mode; auto (the default) runs what `esdistill tune` stored for the "
+                                "index, knn when it was never tuned or tuned for another model")
         filters: list[Clause] | Clause | None = Field(  # type: ignore[valid-type]
             None, max_length=100,
             description="Elasticsearch query clause(s) every hit must match, e.g. {\"term\": {\"lang\": \"en\"}}; "
@@ -402,6 +406,11 @@ def create_app(settings: ServiceSettings):
         budget_ms: float | None = Field(None, gt=0, le=60_000, description="rerank time budget in ms")
         num_candidates: int | None = Field(None, ge=1, le=s.max_num_candidates,
                                            description="kNN candidates per shard (>= k)")
+        fusion: Literal["rrf", "linear"] | None = Field(
+            None, description="hybrid fusion: rrf (score kind rrf) or linear (score kind linear, in [0, 1]); "
+                              "default: the service's setting")
+        alpha: float | None = Field(None, ge=0.0, le=1.0,
+                                    description="kNN weight of linear fusion (the lexical leg gets 1 - alpha)")
 
         @model_validator(mode="after")
         def _candidates_cover_k(self):
@@ -413,7 +422,9 @@ def create_app(settings: ServiceSettings):
 
     class Hit(BaseModel):
         id: str
-        score: float = Field(description="retrieval score (kNN similarity, BM25, or fused in hybrid mode)")
+        score: float = Field(description="retrieval score, on the scale score_kind names")
+        score_kind: str = Field(description="knn_cosine01 ((1 + cos) / 2), bm25 (the lexical query's _score), "
+                                            "rrf (sum of 1 / (60 + rank)) or linear (normalised, in [0, 1])")
         rank: int = Field(description="1-based position; after a rerank the order follows the teacher")
         source: dict[str, Any] = Field(description="the stored fields (the vector left out)")
         rerank_score: float | None = Field(None, description="the teacher's score, when it scored this hit")
@@ -429,6 +440,8 @@ def create_app(settings: ServiceSettings):
 
     class SearchResponse(BaseModel):
         query_id: str = Field(description="join clicks to the exposure log on it")
+        query: str
+        score_kind: str = Field(description="the scale of every hit's score (see Hit.score_kind)")
         mode: Literal["knn", "hybrid", "bm25"]
         k: int
         variant: str = Field(description="student, student+rerank or interleaved")
@@ -437,6 +450,8 @@ def create_app(settings: ServiceSettings):
         rerank: RerankInfo
         timings_ms: dict[str, float] = Field(description="embed, es, fuse, rerank, total")
         embedding_cached: bool
+        mode_reason: str = Field("", description="for mode auto, why mode ran: tuned, untuned or other_model "
+                                                 "(knn); empty for an explicit mode")
 
     class IngestRequest(BaseModel):
         """Documents to embed and index (BEIR layout: ``_id``, ``title``, ``text``; other fields are stored)."""
@@ -590,6 +605,7 @@ def create_app(settings: ServiceSettings):
             result = state.query.search(
                 body.query, k=body.k, mode=body.mode, filters=filters, rerank=body.rerank,
                 ab_key=body.ab_key, arm=body.arm, budget_ms=body.budget_ms, num_candidates=body.num_candidates,
+                fusion=body.fusion, alpha=body.alpha,
             )
         except Exception as exc:  # noqa: BLE001 - mapped to a JSON answer, or re-raised
             return map_exception(exc, "/v1/search")
@@ -701,23 +717,9 @@ def create_app(settings: ServiceSettings):
 
 
 def _search_payload(result: Any) -> dict[str, Any]:
-    """The API's search answer from a ``QueryHook`` :class:`SearchResponse`."""
-    hits = [{"id": str(h.id), "score": float(h.score), "rank": int(h.rank), "source": _jsonable(h.source or {}),
-             "rerank_score": None if h.rerank_score is None else float(h.rerank_score), "team": h.team}
-            for h in result.hits]
-    outcome = result.rerank
-    return {
-        "query_id": result.query_id,
-        "mode": result.mode,
-        "k": int(result.k),
-        "variant": result.variant,
-        "arm": result.arm,
-        "hits": hits,
-        "rerank": {"reranked": outcome.reranked, "count": int(outcome.count), "candidates": int(outcome.candidates),
-                   "reason": outcome.reason, "error": outcome.error, "ms": round(float(outcome.ms), 3)},
-        "timings_ms": {str(k): round(float(v), 3) for k, v in result.timings.items()},
-        "embedding_cached": bool(result.embedding_cached),
-    }
+    """The API's search answer: :meth:`esdistill.plugin.query.SearchResponse.to_dict`, the one shape
+    the CLI's ``--json`` and the Python API share, made JSON-safe."""
+    return _jsonable(result.to_dict())
 
 
 def serve(settings: ServiceSettings) -> None:

@@ -35,7 +35,8 @@ request metrics under their route templates. Inputs are bounded: at most ``max_d
 (the service setting) and ``max_documents * max_query_chars`` characters in all per request.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the request models are built inside functions (so that
+# importing this module needs no web framework), and FastAPI must see real types on the routes.
 
 import base64
 import logging
@@ -45,10 +46,8 @@ from typing import Any, Literal
 import numpy as np
 from esdistill.plugin._errors import ConfigError, EsdistillError
 from esdistill.plugin._service_guards import error_body
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EmbeddingsRequest", "RerankRequest", "add_openai_routes"]
+__all__ = ["add_openai_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,70 +57,79 @@ INPUT_TYPES = {"document": "document", "ingest": "document", "query": "query", "
 MAX_CONCURRENT_RERANKS = 4
 
 
-class EmbeddingsRequest(BaseModel):
-    """The OpenAI embeddings request (token-array inputs are not accepted: send text)."""
+def _schemas() -> dict[str, Any]:
+    """The request and answer models (built on first use: importing this module needs no web framework)."""
+    from pydantic import BaseModel, ConfigDict, Field
 
-    model_config = ConfigDict(extra="forbid")
-    input: str | list[str] = Field(description="a text or a list of texts to embed")
-    model: str = Field(min_length=1, max_length=256,
-                       description="the served model: its name, its fingerprint or the fingerprint's first 12 digits")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="float: lists of numbers; base64: little-endian float32 bytes, base64-encoded")
-    dimensions: int | None = Field(None, ge=1, description="accepted only when equal to the model's dimensions")
-    user: str | None = Field(None, max_length=256, description="accepted and ignored (OpenAI's end-user id)")
-    input_type: Literal["document", "query", "ingest", "search"] | None = Field(
-        None, description="which side to embed: document (default; ingest is a synonym) or query (search)")
+    class EmbeddingsRequest(BaseModel):
+        """The OpenAI embeddings request (token-array inputs are not accepted: send text)."""
 
-
-class EmbeddingItem(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
+        model_config = ConfigDict(extra="forbid")
+        input: str | list[str] = Field(description="a text or a list of texts to embed")
+        model: str = Field(min_length=1, max_length=256,
+                           description="the served model: its name, its fingerprint or the fingerprint's first 12 digits")
+        encoding_format: Literal["float", "base64"] = Field(
+            "float", description="float: lists of numbers; base64: little-endian float32 bytes, base64-encoded")
+        dimensions: int | None = Field(None, ge=1, description="accepted only when equal to the model's dimensions")
+        user: str | None = Field(None, max_length=256, description="accepted and ignored (OpenAI's end-user id)")
+        input_type: Literal["document", "query", "ingest", "search"] | None = Field(
+            None, description="which side to embed: document (default; ingest is a synonym) or query (search)")
 
 
-class Usage(BaseModel):
-    prompt_tokens: int = Field(description="tokens of the inputs (each capped at the model's max_seq_length)")
-    total_tokens: int
+    class EmbeddingItem(BaseModel):
+        object: Literal["embedding"] = "embedding"
+        index: int
+        embedding: list[float] | str
 
 
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingItem]
-    model: str
-    usage: Usage
+    class Usage(BaseModel):
+        prompt_tokens: int = Field(description="tokens of the inputs (each capped at the model's max_seq_length)")
+        total_tokens: int
 
 
-class RerankRequest(BaseModel):
-    """What Elasticsearch's rerank services send: a query and the documents to order."""
-
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, description="the query text")
-    documents: list[str] = Field(min_length=1, description="the texts to score against the query")
-    top_n: int | None = Field(None, ge=1, description="return only the best N (default: all)")
-    return_documents: bool = Field(False, description="echo each document's text in the result")
-    model: str | None = Field(None, max_length=256, description="the reranker's name or fingerprint, if given")
+    class EmbeddingsResponse(BaseModel):
+        object: Literal["list"] = "list"
+        data: list[EmbeddingItem]
+        model: str
+        usage: Usage
 
 
-class RerankDocument(BaseModel):
-    text: str
+    class RerankRequest(BaseModel):
+        """What Elasticsearch's rerank services send: a query and the documents to order."""
+
+        model_config = ConfigDict(extra="forbid")
+        query: str = Field(min_length=1, description="the query text")
+        documents: list[str] = Field(min_length=1, description="the texts to score against the query")
+        top_n: int | None = Field(None, ge=1, description="return only the best N (default: all)")
+        return_documents: bool = Field(False, description="echo each document's text in the result")
+        model: str | None = Field(None, max_length=256, description="the reranker's name or fingerprint, if given")
 
 
-class RerankItem(BaseModel):
-    index: int = Field(description="the document's 0-based position in the request")
-    relevance_score: float = Field(description="the reranker's score (higher is more relevant; may be negative)")
-    document: RerankDocument | None = None
+    class RerankDocument(BaseModel):
+        text: str
 
 
-class RerankResponse(BaseModel):
-    model: str
-    results: list[RerankItem]
+    class RerankItem(BaseModel):
+        index: int = Field(description="the document's 0-based position in the request")
+        relevance_score: float = Field(description="the reranker's score (higher is more relevant; may be negative)")
+        document: RerankDocument | None = None
+
+
+    class RerankResponse(BaseModel):
+        model: str
+        results: list[RerankItem]
+
+    return {"EmbeddingsRequest": EmbeddingsRequest, "EmbeddingsResponse": EmbeddingsResponse,
+            "RerankRequest": RerankRequest, "RerankResponse": RerankResponse}
 
 
 def _names(name: str, fingerprint: str) -> set[str]:
     return {n for n in (name, fingerprint, fingerprint[:12]) if n}
 
 
-def _error(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
     return JSONResponse(error_body(kind, message), status_code=code, headers=headers)
 
 
@@ -143,13 +151,16 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
     from esdistill.plugin.encoder import load_tokenizer
 
     router = app.router
+    schemas = _schemas()
+    EmbeddingsRequest, RerankRequest = schemas["EmbeddingsRequest"], schemas["RerankRequest"]
+    EmbeddingsResponse, RerankResponse = schemas["EmbeddingsResponse"], schemas["RerankResponse"]
     manifest = state.manifest
     model_names = _names(manifest.name, manifest.fingerprint)
     paired_query_encoder = bool(getattr(manifest, "document_fingerprint", None))
     tokenizer, _ = load_tokenizer(state.encoder.folder, state.encoder.max_seq_length)
     reranks = threading.BoundedSemaphore(MAX_CONCURRENT_RERANKS)
 
-    def too_much(texts: list[str], what: str) -> JSONResponse | None:
+    def too_much(texts: list[str], what: str) -> Any:
         if len(texts) > max_inputs:
             return _error(400, "bad_request", f"{len(texts)} {what} in one request; the limit is {max_inputs} "
                           "(the service's max_documents setting): send them in smaller batches")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from esdistill.plugin._errors import ConfigError, IngestError
+from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, IngestError
 
 __all__ = ["register"]
 
@@ -139,12 +139,19 @@ def _sync(args: argparse.Namespace) -> int:
     client = _client(args)
     encoder = _encoder(args)
     while True:
-        summary = sync_index(client, args.index, encoder, batch_size=args.batch_size,
-                             progress=False if args.no_progress or args.watch is not None else None)
-        _emit(args, summary.to_dict(), summary.format())
-        sys.stdout.flush()
-        if args.watch is None:
-            return 0
+        try:
+            summary = sync_index(client, args.index, encoder, batch_size=args.batch_size,
+                                 progress=False if args.no_progress or args.watch is not None else None)
+        except (IngestError, ElasticsearchUnavailable) as exc:
+            if args.watch is None:
+                raise
+            # a watch outlives a cluster that is down for a while: the next round resumes by itself
+            print(f"esdistill: sync round failed ({exc}); trying again in {args.watch:g} s", file=sys.stderr)
+        else:
+            _emit(args, summary.to_dict(), summary.format())
+            sys.stdout.flush()
+            if args.watch is None:
+                return 0
         time.sleep(args.watch)
 
 

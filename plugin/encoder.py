@@ -12,6 +12,13 @@ exactly as the source sentence-transformers model did::
     >>> res.truncated                                               # doctest: +SKIP
     array([False])
 
+**Batch independence.** A dynamically quantised (``int8-dynamic``) graph scales its activations
+per tensor, over every text of an ONNX call (padding included), so a text's int8 vector would
+depend on the texts it is batched with, and a document (embedded in batches at ingestion) would
+see another quantisation than a query (embedded alone). Such a model therefore runs one text per
+ONNX call (:func:`independent_batch_size`): a text gets the same vector whatever it is embedded
+with. fp32 and statically quantised graphs are batch-independent and keep their batches.
+
 The helpers at the bottom (tokenizer loading, session options, batch padding) are shared with
 :mod:`esdistill.plugin.cross_encoder`.
 """
@@ -31,7 +38,7 @@ import numpy as np
 from esdistill.plugin._errors import ConfigError, ModelError
 from esdistill.plugin.manifest import Manifest
 
-__all__ = ["EncodeResult", "OnnxEncoder", "load_tokenizer", "make_session", "pool"]
+__all__ = ["EncodeResult", "OnnxEncoder", "independent_batch_size", "load_tokenizer", "make_session", "pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,19 @@ def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: expected a positive integer")
     return batch_size
+
+
+def independent_batch_size(quantization: str, batch_size: int) -> int:
+    """How many texts one ONNX call may take so that each text's output is independent of the others.
+
+    A dynamically quantised graph (``int8-dynamic``) computes its activation scales over the whole
+    input tensor, so it gets one text per call; any other graph keeps ``batch_size``.
+
+    Example:
+        >>> independent_batch_size("int8-dynamic", 32), independent_batch_size("none", 32)
+        (1, 32)
+    """
+    return 1 if quantization == "int8-dynamic" else batch_size
 
 
 def make_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
@@ -255,13 +275,19 @@ class OnnxEncoder:
     Args:
         model_dir: a folder written by ``esdistill export`` (``manifest.json``, ONNX, tokenizer).
         threads: onnxruntime intra-op threads (``None``: one per physical core).
-        batch_size: texts per ONNX call (texts are sorted by length first).
+        batch_size: texts per ONNX call (texts are sorted by length first). A batch-dependent model
+            (``int8-dynamic``) runs one text per call whatever this says, unless
+            ``batch_independent`` is False.
         verify: recompute the fingerprint of the folder's files and refuse a mismatch.
+        batch_independent: give each text the vector it gets alone (default: True). False lets an
+            ``int8-dynamic`` model share its activation scales across a batch (faster on many
+            cores, but a text's vector then depends on its batch-mates; for measurements).
 
     Attributes:
         manifest: the folder's :class:`~esdistill.plugin.manifest.Manifest`.
         dims: embedding size.
         max_seq_length: tokens per text; longer texts are truncated and flagged.
+        batch_independent: whether a text's vector is independent of the texts embedded with it.
 
     Raises:
         ModelError: no manifest, a cross-encoder folder, or an ONNX file onnxruntime cannot load.
@@ -275,10 +301,11 @@ class OnnxEncoder:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int | None = None,
-                 batch_size: int = 32, verify: bool = True) -> None:
+                 batch_size: int = 32, verify: bool = True, batch_independent: bool = True) -> None:
         open_model_folder(self, model_dir, kind="bi-encoder", other="esdistill.plugin.cross_encoder.OnnxCrossEncoder",
                           threads=threads, batch_size=batch_size, verify=verify)
         self.dims = int(self.manifest.dims)
+        self._independent = bool(batch_independent)
         logger.debug("loaded %s (%s, %d dims, fingerprint %s)", self.folder, self.manifest.quantization,
                      self.dims, self.manifest.short_fingerprint)
 
@@ -286,6 +313,11 @@ class OnnxEncoder:
     def fingerprint(self) -> str:
         """The manifest's fingerprint: which model made a vector."""
         return self.manifest.fingerprint
+
+    @property
+    def batch_independent(self) -> bool:
+        """True when a text's vector does not depend on the texts embedded with it."""
+        return self._independent or independent_batch_size(self.manifest.quantization, 2) == 2
 
     def __repr__(self) -> str:
         return (f"OnnxEncoder({str(self.folder)!r}, dims={self.dims}, "
@@ -339,6 +371,8 @@ class OnnxEncoder:
                 show_progress_bar: bool) -> EncodeResult:
         items = self._prepare(texts, kind)
         bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        if self._independent:
+            bs = independent_batch_size(self.manifest.quantization, bs)
         n = len(items)
         out = np.empty((n, self.dims), dtype=np.float32)
         truncated = np.zeros(n, dtype=bool)

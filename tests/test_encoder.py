@@ -142,6 +142,26 @@ def test_runtime_encodes_without_torch(tiny_fp32):
     assert proc.stdout.strip() == "(1, 32)"
 
 
+def test_an_int8_text_gets_the_same_vector_alone_or_in_any_batch(tiny_bi_encoder, tmp_path):
+    from esdistill.plugin.encoder import independent_batch_size
+
+    out = _export(tiny_bi_encoder, tmp_path / "int8", quantize="int8", parity_texts=tiny_texts()).out
+    texts = tiny_texts()
+    enc = OnnxEncoder(out, batch_size=64)
+    assert enc.manifest.quantization == "int8-dynamic" and enc.batch_independent
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    np.testing.assert_array_equal(enc.encode(texts), alone)  # one call with every text
+    np.testing.assert_array_equal(enc.encode(texts[::-1], batch_size=7)[::-1], alone)
+    np.testing.assert_array_equal(enc.encode_queries(texts[:3]), alone[:3])  # a query is a document's twin
+    # what it prevents: the activation scales shared across a batch move every vector a little
+    shared = OnnxEncoder(out, batch_size=64, batch_independent=False)
+    assert not shared.batch_independent
+    assert not np.array_equal(shared.encode(texts), alone)
+    # fp32 and static graphs keep their batches
+    assert (independent_batch_size("none", 32), independent_batch_size("int8-static", 32)) == (32, 32)
+    assert independent_batch_size("int8-dynamic", 32) == 1
+
+
 # ----------------------------------------------------------------------------------- cross-encoder
 def test_cross_encoder_scores_match_torch(tiny_cross_encoder, tmp_path):
     st = pytest.importorskip("sentence_transformers")
@@ -204,3 +224,24 @@ def test_packaged_student_fp32_matches_and_int8_passes_its_gate(packaged_student
     cos = _cos(got.embeddings, want)
     assert cos.min() >= 0.97 and cos.mean() >= 0.99
     assert got.truncated.any()  # SciFact abstracts exceed 256 tokens now and then
+
+
+#: the smallest cosine, between a SciFact abstract embedded alone and inside a length-sorted batch of
+#: 64, that the packaged int8 student gave when it shared activation scales across the batch (0.984
+#: over 512 abstracts; docs/results-int8-batch.md), less a margin
+SHARED_SCALE_MIN_COSINE = 0.975
+
+
+@pytest.mark.models
+def test_packaged_int8_document_vectors_do_not_depend_on_their_batch(packaged_student, tmp_path):
+    if not SCIFACT.is_dir():
+        pytest.skip(f"needs the shared SciFact collection at {SCIFACT} (BEIR layout), which a fresh clone "
+                    "does not have; CI checks out the shared data beside the repository and runs this test")
+    out = _export(packaged_student, tmp_path / "minilm", quantize="int8").out
+    texts = _scifact_texts(64, skip=3000)
+    enc = OnnxEncoder(out, threads=2, batch_size=64)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    np.testing.assert_array_equal(enc.encode(texts), alone)
+    shared = OnnxEncoder(out, threads=2, batch_size=64, batch_independent=False).encode(texts)
+    cos = _cos(shared, alone)
+    assert SHARED_SCALE_MIN_COSINE <= cos.min() < 0.9999  # the drift the default removes, and its bound

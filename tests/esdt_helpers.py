@@ -10,10 +10,8 @@ import json
 import socket
 from pathlib import Path
 
-import esdistill.deploy
-
-#: the demo collection shipped with esdistill (24 docs, 8 queries, qrels; BEIR layout)
-TINY_COLLECTION = Path(esdistill.deploy.__file__).parent / "demo"
+#: a hand-written collection (24 docs, 8 queries, qrels; BEIR layout)
+TINY_COLLECTION = Path(__file__).parent / "data" / "tiny"
 
 
 def free_port() -> int:

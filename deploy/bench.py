@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from esdistill.plugin.documents import document_text
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -174,11 +175,6 @@ def _sha(*parts: Any) -> str:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _doc_text(doc: dict[str, Any]) -> str:
-    """A BEIR document's title and text joined as the models see them."""
-    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -408,7 +404,7 @@ def _doc_vectors(folder: Path, model: Any, cache: dict[str, np.ndarray] | None, 
         return ids, cache[key]
     if not isinstance(model, SentenceTransformer):
         model = SentenceTransformer(str(resolve_model(model)), device="cpu")
-    dv = model.encode([_doc_text(d) for d in docs], batch_size=32, normalize_embeddings=True,
+    dv = model.encode([document_text(d) for d in docs], batch_size=32, normalize_embeddings=True,
                       show_progress_bar=_tty())
     if cache is not None:
         cache[key] = dv
@@ -600,7 +596,7 @@ def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, nam
 # ------------------------------------------------------------------------------------------ speed
 def _length_buckets(encoder: Any, corpus: Path, per_bucket: int, seed: int) -> dict[str, list[str]]:
     docs = _read_jsonl(corpus)
-    texts = [_doc_text(d) for d in docs]
+    texts = [document_text(d) for d in docs]
     texts = [t for t in texts if t]
     random.Random(seed).shuffle(texts)
     texts = texts[: per_bucket * 40]
@@ -647,7 +643,7 @@ def _speed(cfg: BenchConfig, client: Any, models: dict[str, Path], corpora: list
         overall[names.get(engine, engine)] = round(sum(sizes[b] for b in by_bucket) / seconds, 2)
     mixed: list[str] = []
     for corpus in corpora:
-        mixed += [_doc_text(d) for d in _read_jsonl(corpus)]
+        mixed += [document_text(d) for d in _read_jsonl(corpus)]
     mixed = [t for t in mixed if t][: cfg.ingest_docs or 400]
     ingest = _ingest_rate(enc8, mixed, None, client=client)
     return {"encoder_docs_per_s": overall, "encoder_by_length": per_bucket,

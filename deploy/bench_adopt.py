@@ -95,10 +95,11 @@ def _encoder_rate(encoder: Any, texts: list[str], batch_size: int) -> float:
 def run_benchmark(client: Any, encoder: Any, docs: list[dict[str, Any]], *, batch_size: int = 256,
                   prefix: str = "esdistill-bench-adopt") -> dict[str, Any]:
     """Measure encoder, in-place backfill, unchanged sync and copy on ``docs``; return the numbers."""
+    from esdistill.plugin.documents import document_text
     from esdistill.plugin.index import IndexManager
     from esdistill.plugin.sync import sync_index
 
-    texts = [" ".join(x for x in (d["title"].strip(), d["body"].strip()) if x) for d in docs]
+    texts = [document_text(d, ("title", "body")) for d in docs]
     enc = _encoder_rate(encoder, texts, batch_size)
 
     in_place = f"{prefix}-inplace"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from esdistill.plugin.documents import document_text
 
 __all__ = ["BenchResult", "main", "run_benchmark"]
 
@@ -66,14 +67,14 @@ class BenchResult:
 
 
 def load_texts(path: Path, n: int) -> list[str]:
-    """The first ``n`` documents of a BEIR ``corpus.jsonl`` as ``title text``."""
+    """The first ``n`` documents of a BEIR ``corpus.jsonl``, as :func:`document_text` joins them."""
     texts = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
             d = json.loads(line)
-            texts.append(f"{d.get('title') or ''} {d['text']}".strip())
+            texts.append(document_text(d))
             if len(texts) == n:
                 break
     return texts

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.documents import document_text
 
 __all__ = ["Doc", "load_corpus", "load_qrels", "load_queries", "write_qrels", "write_queries"]
 
@@ -39,8 +40,9 @@ class Doc:
 
     @property
     def full(self) -> str:
-        """Title and body joined by a space: the text the models see."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text.strip()
+        """Title and body as :func:`~esdistill.plugin.documents.document_text` joins them: the
+        text the models see, the same text ingestion embeds."""
+        return document_text({"title": self.title, "text": self.text})
 
 
 def _resolve(path: str | os.PathLike[str], default_name: str) -> Path:

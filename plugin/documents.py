@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "Record",
     "content_hash",
     "delete_target",
+    "document_text",
     "prepare",
     "read_jsonl",
     "strip_reserved",
@@ -223,6 +224,36 @@ def delete_target(doc: Any, spec: DocumentSpec) -> str | None:
     return _stable_id(value, spec.id_field)
 
 
+def document_text(doc: Mapping[str, Any], text_fields: Sequence[str] = ("title", "text"),
+                  separator: str = " ") -> str:
+    """The text a model sees for a document: its text fields, each stripped, the empty or missing
+    ones skipped, joined by ``separator`` in the order of ``text_fields``.
+
+    Ingestion, adoption, sync, rerank, training and the benchmarks all embed or score this text,
+    so a vector made at ingest matches what training saw. An empty result means the document has
+    no text (:func:`prepare` refuses such a document).
+
+    Raises:
+        BadDocument: a text field holds something other than a string.
+
+    Example:
+        >>> document_text({"title": " Mitochondria ", "text": "make ATP", "year": 2020})
+        'Mitochondria make ATP'
+        >>> document_text({"text": "make ATP", "title": None})
+        'make ATP'
+    """
+    parts = []
+    for name in text_fields:
+        value = doc.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise BadDocument(f"text field {name!r} is {type(value).__name__}, expected a string")
+        if value.strip():
+            parts.append(value.strip())
+    return separator.join(parts)
+
+
 def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
     """Validate one document and compute its id, text and content hash.
 
@@ -245,16 +276,8 @@ def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
     reserved = [f for f in spec.reserved if f in source]
     if reserved:
         raise BadDocument(f"field(s) {reserved} are reserved for esdistill; rename them in the input")
-    parts = []
-    for name in spec.text_fields:
-        value = source.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise BadDocument(f"text field {name!r} is {type(value).__name__}, expected a string")
-        if value.strip():
-            parts.append(value.strip())
-    if not parts:
+    text = document_text(source, spec.text_fields, spec.separator)
+    if not text:
         raise BadDocument(f"no text: the text field(s) {', '.join(spec.text_fields)} are missing or empty")
     try:
         digest = content_hash(source, spec.text_fields, spec.separator)
@@ -266,7 +289,7 @@ def prepare(doc: Any, spec: DocumentSpec) -> PreparedDocument:
     except RecursionError:
         raise BadDocument("the document is nested too deeply to be serialized as JSON") from None
     doc_id = _stable_id(given_id, spec.id_field) if given_id is not None else digest
-    return PreparedDocument(id=doc_id, source=source, text=spec.separator.join(parts), content_hash=digest)
+    return PreparedDocument(id=doc_id, source=source, text=text, content_hash=digest)
 
 
 def read_jsonl(stream: IO[bytes], *, start_offset: int = 0, start_line: int = 0,

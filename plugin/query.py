@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, exposure_fields, team_draft_interleave
-from esdistill.plugin.documents import RESERVED_FIELDS
+from esdistill.plugin.documents import RESERVED_FIELDS, document_text
 from esdistill.plugin.filters import validate_filters
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse, score_kind
 from esdistill.plugin.lexical import LexicalTemplate
@@ -838,8 +838,11 @@ class QueryHook:
                                  teams=[h.team for h in response.hits] if interleaved else None, **extra)
 
     def _text_of(self, source: Mapping[str, Any]) -> str:
-        parts = [str(source[f]) for f in self.text_fields if source.get(f)]
-        return " ".join(parts)
+        """The text the teacher scores: :func:`document_text` of the hit, a non-string value (a
+        BM25-only hit whose field holds a list, say) read as its ``str``."""
+        fields_ = {f: v if v is None or isinstance(v, str) else str(v)
+                   for f, v in ((f, source.get(f)) for f in self.text_fields)}
+        return document_text(fields_, self.text_fields)
 
     def _check_physical(self, lists: list[list[dict[str, Any]]]) -> None:
         """Re-check the model when hits come from a physical index not checked yet (alias moved)."""

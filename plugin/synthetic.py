@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.documents import document_text
 
 __all__ = [
     "ALL_STYLES",
@@ -80,8 +81,8 @@ class Passage:
 
     @property
     def full(self) -> str:
-        """Title and body joined by a space."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text.strip()
+        """Title and body as :func:`~esdistill.plugin.documents.document_text` joins them."""
+        return document_text({"title": self.title, "text": self.text})
 
 
 ALL_STYLES = ("keyword", "claim", "question", "title")

@@ -489,6 +489,8 @@ class IndexManager:
         """
         current = self.current()
         names = self.versions() or [current]
+        if names == [current]:
+            self.meta(current)  # an index esdistill knows nothing of: the error says how to adopt it
         if current not in names:
             names.append(current)
         out = []
@@ -507,7 +509,7 @@ class IndexManager:
                 created_at=meta.created_at, previous_index=meta.previous_index, building=meta.building,
             ))
         health = None
-        if vectors:
+        if vectors and any(v.current and v.esdistill for v in out):
             from esdistill.plugin.sync import vector_health
 
             health = vector_health(self.client, self.alias, exact_limit=exact_limit).to_dict()

@@ -159,6 +159,8 @@ def test_adopt_by_copy_replaces_the_index_with_an_alias_of_the_same_name(es_clie
     assert team_bm25(es_client, name, QUERIES[0]) == before[QUERIES[0]]
     with pytest.raises(ConfigError, match="not created by esdistill"):
         mgr.check_model(encoder_a.manifest)
+    rolled = mgr.info(vectors=True)  # the versions are still listed; no vectors to count on the original
+    assert rolled.current == copy.rollback_index and rolled.vectors is None and len(rolled.versions) == 2
     mgr.rollback(to=copy.new_index)
     assert mgr.prune(keep=0) == [copy.rollback_index]
 

@@ -48,7 +48,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from esdistill.plugin.documents import document_text
+from esdistill.plugin.beir import (
+    load_corpus,
+    load_qrels,
+    load_queries,
+    write_corpus,
+    write_qrels,
+    write_queries,
+)
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -172,14 +179,7 @@ def _sha(*parts: Any) -> str:
     return h.hexdigest()[:10]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    from esdistill.export._data import load_qrels
-
     return load_qrels(path) if path.is_file() else {}
 
 
@@ -190,11 +190,9 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
 
     Returns ``(folder, info)``; the folder is ``folder`` itself when nothing needs cutting.
     """
-    from esdistill.export._data import write_qrels
-
     test = _read_qrels(folder / "qrels" / "test.tsv")
     train = _read_qrels(folder / "qrels" / "train.tsv")
-    corpus = _read_jsonl(folder / "corpus.jsonl")
+    corpus = list(load_corpus(folder).values())
     info = {"docs": len(corpus), "test_queries": len(test), "train_queries": len(train), "sampled": False}
     cut = ((max_docs is not None and len(corpus) > max_docs) or (max_queries is not None and len(test) > max_queries)
            or (train_queries is not None and len(train) > train_queries))
@@ -208,9 +206,9 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
     if train_queries is not None and len(train_ids) > train_queries:
         train_ids = sorted(rng.sample(train_ids, train_queries))
     judged = list(dict.fromkeys([d for q in test_ids for d in test[q]] + [d for q in train_ids for d in train[q]]))
-    known = {d["_id"] for d in corpus}
+    known = {d.doc_id for d in corpus}
     judged = [d for d in judged if d in known]
-    others = [d["_id"] for d in corpus if d["_id"] not in set(judged)]
+    others = [d.doc_id for d in corpus if d.doc_id not in set(judged)]
     rng.shuffle(others)
     room = max((max_docs or len(corpus)) - len(judged), 0)
     keep = set(judged) | set(others[:room])
@@ -220,15 +218,10 @@ def sample_collection(folder: Path, out: Path, *, max_docs: int | None, max_quer
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as f:
-            for d in corpus:
-                if d["_id"] in keep:
-                    f.write(json.dumps(d, ensure_ascii=False) + "\n")
+        write_corpus(tmp / "corpus.jsonl", {d.doc_id: d for d in corpus if d.doc_id in keep})
         wanted = set(test_ids) | set(train_ids)
-        with open(tmp / "queries.jsonl", "w", encoding="utf-8") as f:
-            for q in _read_jsonl(folder / "queries.jsonl"):
-                if str(q["_id"]) in wanted:
-                    f.write(json.dumps(q, ensure_ascii=False) + "\n")
+        write_queries(tmp / "queries.jsonl",
+                      {q: text for q, text in load_queries(folder).items() if q in wanted})
         (tmp / "qrels").mkdir()
         write_qrels(tmp / "qrels" / "test.tsv", {q: test[q] for q in test_ids})
         if train_ids:
@@ -398,13 +391,13 @@ def _doc_vectors(folder: Path, model: Any, cache: dict[str, np.ndarray] | None, 
     from esdistill.plugin import resolve_model
     from sentence_transformers import SentenceTransformer
 
-    docs = _read_jsonl(folder / "corpus.jsonl")
-    ids = [d["_id"] for d in docs]
+    docs = list(load_corpus(folder).values())
+    ids = [d.doc_id for d in docs]
     if cache is not None and key in cache:
         return ids, cache[key]
     if not isinstance(model, SentenceTransformer):
         model = SentenceTransformer(str(resolve_model(model)), device="cpu")
-    dv = model.encode([document_text(d) for d in docs], batch_size=32, normalize_embeddings=True,
+    dv = model.encode([d.full for d in docs], batch_size=32, normalize_embeddings=True,
                       show_progress_bar=_tty())
     if cache is not None:
         cache[key] = dv
@@ -595,8 +588,7 @@ def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, nam
 
 # ------------------------------------------------------------------------------------------ speed
 def _length_buckets(encoder: Any, corpus: Path, per_bucket: int, seed: int) -> dict[str, list[str]]:
-    docs = _read_jsonl(corpus)
-    texts = [document_text(d) for d in docs]
+    texts = [d.full for d in load_corpus(corpus).values()]
     texts = [t for t in texts if t]
     random.Random(seed).shuffle(texts)
     texts = texts[: per_bucket * 40]
@@ -643,7 +635,7 @@ def _speed(cfg: BenchConfig, client: Any, models: dict[str, Path], corpora: list
         overall[names.get(engine, engine)] = round(sum(sizes[b] for b in by_bucket) / seconds, 2)
     mixed: list[str] = []
     for corpus in corpora:
-        mixed += [document_text(d) for d in _read_jsonl(corpus)]
+        mixed += [d.full for d in load_corpus(corpus).values()]
     mixed = [t for t in mixed if t][: cfg.ingest_docs or 400]
     ingest = _ingest_rate(enc8, mixed, None, client=client)
     return {"encoder_docs_per_s": overall, "encoder_by_length": per_bucket,
@@ -658,7 +650,6 @@ def _ablation(name: str, folder: Path, summary: dict[str, Any], cfg: BenchConfig
               doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Train the distillation run's lists again with each loss (same lists, same budget) and score
     each student (torch fp32, exact search) on the test split."""
-    from esdistill.export._data import load_corpus
     from esdistill.export.mining import load_lists
     from esdistill.export.pipeline import training_corpus
     from esdistill.export.train import TrainConfig, train_student

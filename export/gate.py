@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc
 from esdistill.plugin.stats import paired_bootstrap  # re-exported
 
 __all__ = [

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from esdistill.export._data import Doc
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable
+from esdistill.plugin.beir import Doc
 
 __all__ = [
     "Bm25Index",

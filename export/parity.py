@@ -218,7 +218,7 @@ class ParitySample:
         Raises:
             ConfigError: the folder lacks a corpus, or ``max_docs``/``max_queries`` is not positive.
         """
-        from esdistill.export._data import load_corpus, load_qrels, load_queries
+        from esdistill.plugin.beir import load_corpus, load_qrels, load_queries
 
         if max_docs < 2 or max_queries < 0:
             raise ConfigError(f"max_docs={max_docs}, max_queries={max_queries}: expected max_docs >= 2 "

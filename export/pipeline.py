@@ -30,7 +30,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries, write_corpus, write_queries
 from esdistill.export.gate import RetrievalEvaluator, dev_corpus, promotion_gate, select_teacher
 from esdistill.export.mining import (
     Bm25Index,
@@ -53,6 +52,7 @@ from esdistill.export.score_cache import ScoreCache
 from esdistill.export.teachers import BiEncoderTeacher, build_teacher, with_cache
 from esdistill.export.train import StudentEncoder, TrainConfig, average_with_base, load_student, train_student
 from esdistill.plugin._errors import ConfigError, ParityError
+from esdistill.plugin.beir import Doc, load_corpus, load_qrels, load_queries, write_corpus, write_queries
 
 __all__ = ["AUTO_TEACHERS", "CUT_DOCUMENTS", "DevSource", "DistillConfig", "run_distill", "training_corpus"]
 

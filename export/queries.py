@@ -27,8 +27,8 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from esdistill.export._data import Doc
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc
 from esdistill.plugin.synthetic import (  # noqa: F401 - re-exported: the generators live in the runtime
     _STOP,
     ALL_STYLES,

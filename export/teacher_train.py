@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.export.losses import InfoNCELoss, ListwiseKLLoss
 from esdistill.export.mining import CandidateList
 from esdistill.export.teachers import normalize_scores
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc
 from esdistill.plugin.models import resolve_model
 
 __all__ = ["CrossEncoderTrainConfig", "train_cross_encoder"]

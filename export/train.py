@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from esdistill.export._data import Doc
 from esdistill.export._deps import require
 from esdistill.export.losses import InfoNCELoss, build_loss
 from esdistill.export.mining import CandidateList
 from esdistill.export.teachers import normalize_scores
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc
 from esdistill.plugin.models import resolve_model
 
 __all__ = ["AUTO_TEMPERATURE_RANGE", "StudentEncoder", "TrainConfig", "TrainResult", "average_with_base", "load_student",

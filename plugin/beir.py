@@ -1,8 +1,10 @@
-"""Read collections in the BEIR layout: a corpus, queries and qrels.
+"""Read and write collections in the BEIR layout: a corpus, queries and qrels.
 
 ``corpus.jsonl`` lines are ``{"_id", "title", "text"}``; ``queries.jsonl`` lines are
-``{"_id", "text"}`` (a TSV ``id<TAB>text`` also works); qrels are TSV ``query-id corpus-id score``
-with an optional header. Anything else raises :class:`ConfigError` naming the file and line.
+``{"_id", "text"}`` (a TSV ``id<TAB>text`` also works); qrels are ``query-id corpus-id score``
+(tab- or space-separated, a ``query-id ...`` header optional, the TREC ``qid 0 docid grade`` form
+accepted). Anything else raises :class:`ConfigError` naming the file and line. This is the one
+reader of these files: evaluation, training, synthetic queries and the benchmarks all use it.
 
 Example::
 
@@ -21,7 +23,10 @@ from pathlib import Path
 from esdistill.plugin._errors import ConfigError
 from esdistill.plugin.documents import document_text
 
-__all__ = ["Doc", "load_corpus", "load_qrels", "load_queries", "write_qrels", "write_queries"]
+__all__ = ["Doc", "load_corpus", "load_qrels", "load_queries", "write_corpus", "write_qrels", "write_queries"]
+
+#: first words of a qrels header line (BEIR writes ``query-id corpus-id score``)
+_QRELS_HEADER = frozenset({"query-id", "query_id", "qid"})
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
                 try:
                     row = json.loads(line)
                     out[str(row["_id"])] = str(row["text"])
-                except (ValueError, KeyError) as exc:
+                except (ValueError, KeyError, TypeError) as exc:
                     raise ConfigError(f"{p}:{n}: expected {{\"_id\", \"text\"}} ({exc})") from None
             else:
                 qid, sep, text = line.rstrip("\n").partition("\t")
@@ -118,13 +123,17 @@ def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
             parts = line.split()
             if not parts:
                 continue
-            if n == 1 and not parts[-1].lstrip("-").isdigit():
-                continue  # header
+            if n == 1 and parts[0].lower() in _QRELS_HEADER:
+                continue
             if len(parts) == 4:  # TREC style: qid 0 docid grade
                 parts = [parts[0], parts[2], parts[3]]
             if len(parts) != 3:
-                raise ConfigError(f"{p}:{n}: expected 'query-id corpus-id score'")
-            qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+                raise ConfigError(f"{p}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {line.rstrip()!r}")
+            try:
+                grade = int(float(parts[2]))
+            except ValueError:
+                raise ConfigError(f"{p}:{n}: score {parts[2]!r} is not a number") from None
+            qrels.setdefault(parts[0], {})[parts[1]] = grade
     return qrels
 
 

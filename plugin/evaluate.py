@@ -17,7 +17,6 @@ computed, and its absence gives the install command::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import load_qrels, load_queries
 
 __all__ = [
     "Collection",
@@ -86,32 +86,8 @@ def load_beir(folder: str | os.PathLike[str], *, split: str = "test") -> Collect
             have = sorted(x.stem for x in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
             raise ConfigError(f"{p} does not exist; a BEIR collection folder holds queries.jsonl and "
                               f"qrels/<split>.tsv (splits here: {have or 'none'})")
-    qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[:2] == ["query-id", "corpus-id"]:
-                continue
-            if not line.strip():
-                continue
-            if len(parts) != 3:
-                raise ConfigError(f"{qrels_path}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {line!r}")
-            try:
-                grade = int(float(parts[2]))
-            except ValueError:
-                raise ConfigError(f"{qrels_path}:{n}: score {parts[2]!r} is not a number") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
-    qrels = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
-    texts: dict[str, str] = {}
-    with open(queries_path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                texts[str(rec["_id"])] = str(rec["text"])
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError(f"{queries_path}:{n}: expected a JSON object with _id and text") from None
+    qrels = {q: docs for q, docs in load_qrels(qrels_path).items() if any(g > 0 for g in docs.values())}
+    texts = load_queries(queries_path)
     missing = [q for q in qrels if q not in texts]
     if missing:
         raise ConfigError(f"{len(missing)} judged queries of {qrels_path} are not in {queries_path} "

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from esdistill.plugin._errors import ConfigError
-from esdistill.plugin.documents import document_text
+from esdistill.plugin.beir import Doc
 
 __all__ = [
     "ALL_STYLES",
@@ -65,24 +65,8 @@ class DocLike(Protocol):
     def full(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class Passage:
-    """A document as the generators see it (the runtime's stand-in for the training code's ``Doc``).
-
-    Attributes:
-        doc_id: the document's id.
-        title: its title (may be empty).
-        text: its body.
-    """
-
-    doc_id: str
-    title: str
-    text: str
-
-    @property
-    def full(self) -> str:
-        """Title and body as :func:`~esdistill.plugin.documents.document_text` joins them."""
-        return document_text({"title": self.title, "text": self.text})
+#: a document as the generators see it: the corpus document of :mod:`esdistill.plugin.beir`
+Passage = Doc
 
 
 ALL_STYLES = ("keyword", "claim", "question", "title")

@@ -39,8 +39,8 @@ def test_adapt_without_labels_chooses_a_teacher_trains_gates_and_exports(
     best = max(sel["scores"], key=sel["scores"].get)
     assert sel["chosen"] == next(t for t in order if t == best or sel["p_best_better"][t] < 0.9), sel
     # inverse cloze in training too: a query that copies a passage lists its source without it
-    from esdistill.export._data import load_corpus
     from esdistill.export.mining import load_lists
+    from esdistill.plugin.beir import load_corpus
 
     cut = load_corpus(run / "documents.cut.jsonl")
     assert summary["masked_train_queries"] == len(cut) > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from esdistill.export._data import Doc
+from esdistill.plugin.beir import Doc
 from esdistill.plugin.documents import BadDocument, DocumentSpec, document_text, prepare
 from esdistill.plugin.query import QueryHook
 

@@ -6,7 +6,6 @@ import random
 import re
 
 import pytest
-from esdistill.export._data import Doc, load_corpus
 from esdistill.export.mining import CandidateList
 from esdistill.export.queries import (
     ALL_STYLES,
@@ -19,6 +18,7 @@ from esdistill.export.queries import (
     split_dev,
 )
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc, load_corpus
 
 
 @pytest.fixture(scope="module")

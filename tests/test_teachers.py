@@ -8,7 +8,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from esdistill.export._data import load_corpus, load_qrels, load_queries
 from esdistill.export.mining import (
     Bm25Index,
     DenseRetriever,
@@ -30,6 +29,7 @@ from esdistill.export.teachers import (
     with_cache,
 )
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import load_corpus, load_qrels, load_queries
 
 
 class Counting:
@@ -204,7 +204,7 @@ def test_equal_members_are_shared_across_specs(bm25, tiny_bi_encoder):
 
 
 def test_hidden_documents_are_scored_but_never_retrieved(es_client, index_prefix, corpus):
-    from esdistill.export._data import Doc
+    from esdistill.plugin.beir import Doc
 
     first = next(iter(corpus))
     copy = Doc("copy#cut:q", corpus[first].title, corpus[first].text)  # a training copy of a real document

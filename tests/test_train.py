@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from esdistill.export._data import Doc, load_corpus, load_qrels, load_queries
 from esdistill.export.gate import RetrievalEvaluator, evaluate_run, promotion_gate, select_teacher
 from esdistill.export.mining import Bm25Index, MiningConfig, mine_candidates, retrieve_pools
 from esdistill.export.queries import RuleBasedGenerator, generate_queries
@@ -25,6 +24,7 @@ from esdistill.export.train import (
     train_student,
 )
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.beir import Doc, load_corpus, load_qrels, load_queries
 
 FAST = {
     "batch_size": 4, "lr": 2e-3, "epochs": 6, "max_seq_length": 64, "max_query_length": 32,
@@ -158,7 +158,7 @@ class _Fixed:
 
 
 def test_gate_confidence_refuses_a_gain_within_the_noise_and_keeps_a_clear_one():
-    from esdistill.export._data import Doc
+    from esdistill.plugin.beir import Doc
 
     n = 40
     corpus = {f"d{i}": Doc(f"d{i}", "", f"doc {i}") for i in range(n)}

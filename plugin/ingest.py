@@ -27,6 +27,8 @@ that embeds::
   reported (``IngestSummary.duplicates``, a warning per id for the first few): the later record
   replaces the earlier one, as an ``index`` action does. They are counted within the records a run
   reads (a resumed run does not see the ids of the part it skipped).
+- **Deletes**: a record ``{"_id": "d1", "_op": "delete"}`` deletes that document, in input order
+  (a later record with the same id indexes it again); :meth:`IngestHook.delete` deletes by id.
 
 Example::
 
@@ -62,6 +64,7 @@ from esdistill.plugin.documents import (
     DocumentSpec,
     PreparedDocument,
     Record,
+    delete_target,
     prepare,
     read_jsonl,
 )
@@ -83,7 +86,8 @@ class IngestSummary:
     Attributes:
         index: the physical index written.
         model: the model's name; ``model_fingerprint`` its fingerprint.
-        read: input records read (valid or not); at the end ``read == indexed + unchanged + failed``.
+        read: input records read (valid or not); at the end
+            ``read == indexed + unchanged + failed + deleted``.
         indexed: documents embedded and confirmed written.
         unchanged: documents already indexed with the same content and model (not re-embedded).
         failed: documents sent to the dead-letter file (bad input or refused by Elasticsearch).
@@ -91,6 +95,7 @@ class IngestSummary:
         duplicates: valid records whose id an earlier record of this run already had (the later one
             replaced the earlier one in the index); ``duplicate_examples`` names the first few.
         resumed: records skipped because the checkpoint said an earlier run finished them.
+        deleted: delete records (``"_op": "delete"``) done (a document that was not there counts too).
         retries: bulk/lookup retries after 429, 5xx or connection errors.
         seconds: wall time; ``embed_seconds``: time spent in the encoder.
         dead_letter: the dead-letter file, when one was given.
@@ -108,6 +113,7 @@ class IngestSummary:
     duplicates: int = 0
     duplicate_examples: list[str] = field(default_factory=list)
     resumed: int = 0
+    deleted: int = 0
     retries: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -137,6 +143,8 @@ class IngestSummary:
         text = (f"read {self.read}, indexed {self.indexed}, unchanged {self.unchanged}, failed {self.failed}, "
                 f"truncated {self.truncated} in {self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s) "
                 f"into {self.index}")
+        if self.deleted:
+            text += f"; deleted {self.deleted}"
         if self.resumed:
             text += f"; resumed after {self.resumed} records done earlier"
         if self.retries:
@@ -204,6 +212,7 @@ class _Chunk:
     vectors: np.ndarray | None = None
     truncated: np.ndarray | None = None
     duplicates: list[tuple[Record, str]] = field(default_factory=list)  # record, id already seen
+    deletes: list[tuple[Record, str]] = field(default_factory=list)  # record, id to delete
     consumed: tuple[int, str] | None = None  # bytes and sha256 of the input up to the chunk's end
 
 
@@ -432,6 +441,7 @@ class IngestHook:
         self._errors: list[BaseException] = []
         self._consumed = consumed
         self._seen_ids: set[int] = set()
+        self._deleted_ids: set[str] = set()
         to_embed: queue.Queue = queue.Queue(self.queue_size)
         to_send: queue.Queue = queue.Queue(self.queue_size)
         bar = tqdm(total=total, initial=ckpt.position, unit="doc", desc=self.description,
@@ -517,19 +527,30 @@ class IngestHook:
         for rec in records:
             if self._stop.is_set() or self._halt_reading.is_set():
                 raise Stopped()
+            if rec.error is None and self._is_delete(rec) != bool(chunk.deletes) and (chunk.deletes or chunk.to_embed):
+                # a chunk either indexes or deletes, so that the writes keep the input's order
+                self._close_chunk(chunk, summary)
+                self._put(out, chunk, self._halt_reading)
+                chunk = _Chunk()
             chunk.records.append(rec)
             if rec.error is not None:
                 chunk.bad.append((rec, None, rec.error))
             else:
                 try:
-                    prepared = prepare(rec.doc, self.spec)
+                    target = delete_target(rec.doc, self.spec)
+                    prepared = prepare(rec.doc, self.spec) if target is None else None
                 except BadDocument as exc:
                     where = f"line {rec.line}: " if rec.line is not None else f"record {rec.position}: "
                     doc_id = rec.doc.get(self.spec.id_field) if isinstance(rec.doc, dict) else None
                     chunk.bad.append((rec, doc_id if isinstance(doc_id, (str, int)) else None, where + exc.reason))
                 else:
-                    chunk.to_embed.append((rec, prepared))
-                    self._note_id(chunk, rec, prepared.id)
+                    if prepared is None:
+                        chunk.deletes.append((rec, str(target)))
+                        self._deleted_ids.add(str(target))
+                        self._seen_ids.discard(hash(str(target)))  # indexing it again replaces nothing
+                    else:
+                        chunk.to_embed.append((rec, prepared))
+                        self._note_id(chunk, rec, prepared.id)
             if len(chunk.records) >= self.batch_size:
                 self._close_chunk(chunk, summary)
                 self._put(out, chunk, self._halt_reading)
@@ -568,6 +589,8 @@ class IngestHook:
         keep = []
         for rec, doc in chunk.to_embed:
             old = stored.get(doc.id)
+            if doc.id in self._deleted_ids:  # an earlier delete of this run may not be written yet
+                old = None
             if old and old.get("content_hash") == doc.content_hash and old.get("model_fingerprint") == fingerprint:
                 chunk.unchanged += 1
             else:
@@ -609,6 +632,8 @@ class IngestHook:
                 summary.indexed += outcome.ok
                 refused = {pos for pos, _ in rejected}
                 summary.truncated += int(sum(bool(t) for i, t in enumerate(chunk.truncated) if i not in refused))
+            if chunk.deletes:
+                self._send_deletes(chunk, summary, dead)
             for rec, doc_id, reason in chunk.bad:
                 dead.write(_dead_entry(rec, doc_id, reason, "input"))
             for pos, reason in rejected:
@@ -623,6 +648,45 @@ class IngestHook:
             ckpt.save(position=last.position + 1, offset=last.next_offset, line=last.line,
                       dead_letter_size=dead.sync(), consumed_sha256=_consumed_digest(chunk, last))
             bar.update(len(chunk.records))
+
+    def _is_delete(self, rec: Record) -> bool:
+        try:
+            return delete_target(rec.doc, self.spec) is not None
+        except BadDocument:
+            return False
+
+    def _send_deletes(self, chunk: _Chunk, summary: IngestSummary, dead: _DeadLetter) -> None:
+        from esdistill.plugin._writes import delete_documents
+
+        result = delete_documents(self.client, self.index, [doc_id for _, doc_id in chunk.deletes],
+                                  policy=self.retry, refresh=False)
+        refused = dict(result.failed)
+        for rec, doc_id in chunk.deletes:
+            if doc_id in refused:
+                where = f"line {rec.line}: " if rec.line is not None else f"record {rec.position}: "
+                dead.write(_dead_entry(rec, doc_id, where + refused[doc_id], "elasticsearch"))
+                summary.failed += 1
+            else:
+                summary.deleted += 1
+
+    def delete(self, ids: Iterable[Any], *, refresh: bool | None = None) -> Any:
+        """Delete documents by id from the index (an id that is not there is listed, not an error).
+
+        Args:
+            ids: the document ids.
+            refresh: make the deletes visible at once (default: as the hook's ``refresh``).
+
+        Returns:
+            A :class:`~esdistill.plugin._writes.DeleteResult` (``deleted``, ``not_found``, ``failed``).
+
+        Example:
+            >>> hook.delete(["d1", "d2"]).deleted                 # doctest: +SKIP
+            2
+        """
+        from esdistill.plugin._writes import delete_documents
+
+        return delete_documents(self.client, self.index, ids, policy=self.retry,
+                                refresh=self.refresh if refresh is None else refresh)
 
     @staticmethod
     def _report_duplicates(chunk: _Chunk, summary: IngestSummary) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable
 from esdistill.plugin.beir import Doc
+from esdistill.plugin.fusion import reciprocal_rank_fusion
 
 __all__ = [
     "Bm25Index",
@@ -39,7 +40,6 @@ __all__ = [
     "load_lists",
     "mine_candidates",
     "retrieve_pools",
-    "rrf",
     "save_lists",
 ]
 
@@ -181,15 +181,6 @@ class DenseRetriever:
         return out
 
 
-def rrf(rankings: Iterable[Sequence[str]], *, k: int = 60) -> list[str]:
-    """Reciprocal rank fusion of several rankings of ids (best first)."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking):
-            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (k + rank + 1)
-    return sorted(scores, key=lambda d: -scores[d])
-
-
 @dataclass
 class MiningConfig:
     """How candidate lists are mined.
@@ -290,7 +281,7 @@ def mine_candidates(queries: Mapping[str, str], corpus: Mapping[str, Doc], *, te
     for i, qid in enumerate(qids):
         pos = [p for p in (positives or {}).get(qid, ()) if p in corpus]
         skip = set(pos) | set((exclude or {}).get(qid, ()))
-        fused = rrf([[d for d, _ in bm25_hits[i]], [d for d, _ in dense_hits[i]]])
+        fused = [d for d, _ in reciprocal_rank_fusion([bm25_hits[i], dense_hits[i]])]
         pools.append(list(dict.fromkeys(pos + [d for d in fused if d not in skip]))[:max(cfg.pool_size, len(pos) + 1)])
         pos_of.append(pos)
     if before_scoring is not None:
@@ -337,7 +328,7 @@ def retrieve_pools(queries: Mapping[str, str], *, bm25: Bm25Index | None = None,
     de = dense.search_many(texts, depth) if dense else [[] for _ in qids]
     out = []
     for i, qid in enumerate(qids):
-        fused = rrf([[d for d, _ in bm[i]], [d for d, _ in de[i]]])[:depth]
+        fused = [d for d, _ in reciprocal_rank_fusion([bm[i], de[i]])[:depth]]
         pos = list((positives or {}).get(qid, ()))
         ids = list(dict.fromkeys(fused + [p for p in pos if p not in fused]))
         fused_rank = {d: r for r, d in enumerate(ids)}

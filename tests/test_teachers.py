@@ -14,7 +14,6 @@ from esdistill.export.mining import (
     MiningConfig,
     load_lists,
     mine_candidates,
-    rrf,
     save_lists,
 )
 from esdistill.export.score_cache import CachedTeacher, ScoreCache, score_key
@@ -168,7 +167,6 @@ def test_mining_lists_positives_denoising_and_roundtrip(bm25, tiny_bi_encoder, t
     assert load_lists(tmp_path / "lists.jsonl") == lists
     bm25_only = mine_candidates(queries, corpus, teacher=teacher, bm25=bm25, config=cfg)
     assert all(c.positives == [] and c.teacher_rank_of_positive == -1 for c in bm25_only)
-    assert rrf([["a", "b"], ["b", "c"]])[0] == "b"
 
 
 def test_cross_encoder_teacher_training_learns_to_rerank(bm25, tiny_bi_encoder, corpus, tmp_path):

@@ -155,8 +155,9 @@ class BenchConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.work is None:
-            base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-            self.work = Path(base) / "esdistill" / "bench"
+            from esdistill.plugin.models import user_cache_dir
+
+            self.work = user_cache_dir("bench")
         self.work = Path(self.work)
         if self.ablation:
             self.ablation = tuple(self.ablation)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -35,15 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from esdistill.plugin.models import user_cache_dir
 
 __all__ = ["main", "run_config"]
 
 logger = logging.getLogger("esdistill.bench_query")
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "esdistill" / "bench"
 
 
 def _export_packaged(name: str, out: Path, data: Path, *, quantize: str = "int8") -> Path:
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "corpus.jsonl").is_file() or not (data / "qrels" / "test.tsv").is_file():
         p.error(f"--data {data}: not a BEIR folder (needs corpus.jsonl, queries.jsonl and qrels/test.tsv); "
                 "pass the SciFact folder with --data DIR")
-    model_dir = Path(args.model) if args.model else _export_packaged("minilm", _cache_root() / "minilm-int8", data)
+    model_dir = Path(args.model) if args.model else _export_packaged("minilm", user_cache_dir("bench") / "minilm-int8", data)
     client = connect()
     _ensure_index(client, args.index, model_dir, data / "corpus.jsonl", args.threads)
     coll = load_beir(data, split="test")
@@ -165,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         ("hybrid", False, None, args.queries)]
     if not args.no_rerank:
         teacher = (Path(args.teacher) if args.teacher
-                   else _export_packaged("mpnet", _cache_root() / "mpnet-fp32", data, quantize="none"))
+                   else _export_packaged("mpnet", user_cache_dir("bench") / "mpnet-fp32", data, quantize="none"))
         hook = QueryHook(client, args.index, hook.encoder, reranker=load_reranker(teacher, threads=args.threads),
                          config=config)
         plans.append(("knn", True, None, args.rerank_queries))

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esdistill.plugin._errors import ConfigError, LauncherError
+from esdistill.plugin.models import user_cache_dir
 
 __all__ = ["ES_VERSION", "LocalElasticsearch", "NodeStatus", "default_home", "find_java"]
 
@@ -67,11 +68,6 @@ PASSWORD_ENV = "ESDISTILL_ES_PASSWORD"
 _MIN_PASSWORD = 8
 #: health statuses of a node that serves: on one node, replicas are never placed, so yellow is ready
 _SERVING = ("green", "yellow")
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "esdistill" / "elasticsearch"
 
 
 def default_home() -> Path:
@@ -281,7 +277,7 @@ class LocalElasticsearch:
         if (self.dist_dir / "bin" / "elasticsearch").exists():
             logger.info("using cached Elasticsearch %s at %s", self.version, self.dist_dir)
             return self.dist_dir
-        zip_path = _cache_dir() / f"elasticsearch-{self.version}.zip"
+        zip_path = user_cache_dir("elasticsearch") / f"elasticsearch-{self.version}.zip"
         if not zip_path.exists():
             mvn = shutil.which("mvn")
             if mvn is None:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.encoder import l2_normalize
+from esdistill.plugin.evaluate import compute_metrics
 
 __all__ = [
     "BUILTIN_TEXTS",
@@ -261,11 +263,10 @@ class ParitySample:
 
 # --------------------------------------------------------------------------------------- metrics
 def ndcg_at_10(ranked: Sequence[str], rels: Mapping[str, int]) -> float:
-    """nDCG@10 with linear gains (``grade``) and a log2 discount, as trec_eval's ``ndcg_cut_10``."""
-    dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if rels.get(d, 0) > 0)
-    ideal = sorted((g for g in rels.values() if g > 0), reverse=True)[:10]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
+    """nDCG@10 of one ranking (best first) against its graded judgements, measured the way
+    ``esdistill eval`` measures it (:func:`~esdistill.plugin.evaluate.compute_metrics`)."""
+    run = {"q": {d: float(len(ranked) - i) for i, d in enumerate(dict.fromkeys(ranked))}}
+    return compute_metrics(run, {"q": dict(rels)})[0]["ndcg@10"]
 
 
 def _top_ids(scores: np.ndarray, ids: Sequence[str], k: int, exclude: int | None = None) -> list[str]:
@@ -278,8 +279,7 @@ def _top_ids(scores: np.ndarray, ids: Sequence[str], k: int, exclude: int | None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(x, dtype=np.float64))
 
 
 def _scores(queries: np.ndarray, docs: np.ndarray, similarity: str) -> np.ndarray:

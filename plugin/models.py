@@ -39,6 +39,7 @@ __all__ = [
     "model_cache_dir",
     "resolve_model",
     "sha256_file",
+    "user_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,13 +103,23 @@ _ALIASES = {
 _COMPLETE = ".esdistill-complete"
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """esdistill's folder in the user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``), joined with ``parts``.
+
+    Example:
+        >>> user_cache_dir("bench").parts[-2:]
+        ('esdistill', 'bench')
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base, "esdistill", *parts)
+
+
 def model_cache_dir() -> Path:
     """The folder packaged models unpack into (``ESDISTILL_MODELS`` overrides it)."""
     env = os.environ.get("ESDISTILL_MODELS")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "esdistill" / "models"
+    return user_cache_dir("models")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

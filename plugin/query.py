@@ -43,13 +43,13 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
+from esdistill.plugin._lru import LRUCache
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, exposure_fields, team_draft_interleave
 from esdistill.plugin.documents import RESERVED_FIELDS, document_text
 from esdistill.plugin.filters import validate_filters
@@ -262,36 +262,6 @@ class SearchResponse:
         }
 
 
-class _LRU:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 def _filters_list(filters: Any) -> list[dict[str, Any]]:
     """The request's filters as a list of clauses, checked against the allow-list (see
     :func:`esdistill.plugin.filters.validate_filters`; raises ``FilterNotAllowed``)."""
@@ -348,7 +318,7 @@ class QueryHook:
             RerankStage(reranker, config=self.config.rerank, clock=clock) if reranker is not None else None
         )
         self._clock = clock
-        self._cache = _LRU(int(self.config.cache_size))
+        self._cache: LRUCache[str, np.ndarray] = LRUCache(int(self.config.cache_size))
         self._es = client.options(request_timeout=self.config.request_timeout_s,
                                   max_retries=self.config.max_retries, retry_on_timeout=False)
         self._meta_lock = threading.Lock()

@@ -37,13 +37,14 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ModelError
+from esdistill.plugin._lru import LRUCache
+from esdistill.plugin.encoder import l2_normalize
 from esdistill.plugin.manifest import Manifest
 
 __all__ = [
@@ -144,49 +145,31 @@ class BiEncoderReranker:
         self.name = getattr(encoder.manifest, "name", "bi-encoder")
         self.fingerprint = str(encoder.fingerprint)
         self.cache_size = cache_size
-        self._docs: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._docs: LRUCache[bytes, np.ndarray] = LRUCache(cache_size)
+        self._queries: LRUCache[str, np.ndarray] = LRUCache(64)
 
     @staticmethod
     def _unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        norms = np.linalg.norm(x, axis=-1, keepdims=True)
-        return x / np.maximum(norms, 1e-12)
+        return l2_normalize(np.asarray(x, dtype=np.float32))
 
     def _query_vector(self, query: str) -> np.ndarray:
-        with self._lock:
-            hit = self._queries.get(query)
-            if hit is not None:
-                self._queries.move_to_end(query)
-                return hit
+        hit = self._queries.get(query)
+        if hit is not None:
+            return hit
         vec = self._unit(self.encoder.encode([query], kind="query"))[0]
-        with self._lock:
-            self._queries[query] = vec
-            while len(self._queries) > 64:
-                self._queries.popitem(last=False)
+        self._queries.put(query, vec)
         return vec
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         q = self._query_vector(query)
         keys = [hashlib.blake2b(d.encode("utf-8"), digest_size=16).digest() for d in documents]
-        vecs: list[np.ndarray | None] = [None] * len(documents)
-        with self._lock:
-            for i, key in enumerate(keys):
-                hit = self._docs.get(key)
-                if hit is not None:
-                    self._docs.move_to_end(key)
-                    vecs[i] = hit
+        vecs: list[np.ndarray | None] = [self._docs.get(key) for key in keys]
         missing = [i for i, v in enumerate(vecs) if v is None]
         if missing:
             fresh = self._unit(self.encoder.encode([documents[i] for i in missing], kind="document"))
-            with self._lock:
-                for i, v in zip(missing, fresh):
-                    vecs[i] = v
-                    if self.cache_size:
-                        self._docs[keys[i]] = v
-                while len(self._docs) > self.cache_size:
-                    self._docs.popitem(last=False)
+            for i, v in zip(missing, fresh):
+                vecs[i] = v
+                self._docs.put(keys[i], v)
         if not documents:
             return np.zeros(0, dtype=np.float32)
         return np.stack(vecs) @ q  # type: ignore[arg-type]

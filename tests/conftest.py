@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from esdt_helpers import TINY_COLLECTION, build_tiny_bi_encoder, build_tiny_cross_encoder, free_port
+from esdt_helpers import TINY_COLLECTION, build_tiny_bi_encoder, build_tiny_cross_encoder
+from esdt_nodes import running_node
 
 _SESSION = uuid.uuid4().hex[:8]
 _TEST_COUNTER = itertools.count()
@@ -28,15 +28,8 @@ def es_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from esdistill.deploy import LocalElasticsearch
-
-    node = LocalElasticsearch(port=free_port(), heap="512m")
-    node.start(timeout=240)
-    try:
+    with running_node() as node:
         yield node.url
-    finally:
-        node.stop()
-        shutil.rmtree(node.data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +72,30 @@ def tiny_cross_encoder(tmp_path_factory) -> Path:
     """A tiny cross-encoder folder (sequence classification, 1 logit) built from scratch."""
     pytest.importorskip("torch", reason="building the tiny model needs the export extra")
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="session")
+def encoder_a(tiny_bi_encoder, tmp_path_factory):
+    """An ONNX encoder of the tiny bi-encoder (model "a"; its fingerprint differs from "b")."""
+    from esdt_onnx import make_encoder
+
+    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
+
+
+@pytest.fixture(scope="session")
+def encoder_b(tiny_bi_encoder, tmp_path_factory):
+    """A second ONNX encoder of the tiny bi-encoder, with another fingerprint than ``encoder_a``."""
+    from esdt_onnx import make_encoder
+
+    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
+
+
+@pytest.fixture(scope="session")
+def student(tiny_bi_encoder, tmp_path_factory) -> Path:
+    """The tiny bi-encoder exported the way the HTTP service tests serve it."""
+    from svc_fixtures import exported_student
+
+    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -21,19 +21,9 @@ from adopt_helpers import (
 from esdistill.plugin import ConfigError, FingerprintError, IndexManager
 from esdistill.plugin.query import QueryHook
 from esdistill.plugin.sync import sync_index
-from esdt_onnx import make_encoder, model_folder
+from esdt_onnx import model_folder
 
 QUERIES = ("black hole gravity", "vaccines immune system", "plants sunlight glucose", "ocean tides moon")
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
-
-
-@pytest.fixture(scope="session")
-def encoder_b(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
 
 
 def _bm25_before(es, name):

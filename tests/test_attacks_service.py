@@ -36,7 +36,7 @@ from esdistill.plugin.filters import ALLOWED_CLAUSES, MAX_DEPTH, FilterNotAllowe
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from svc_fixtures import KEY, corpus, drop_indices, exported_student, make_index, settings
+from svc_fixtures import KEY, corpus, drop_indices, make_index, settings
 
 pytest.importorskip("fastapi")
 from esdistill.plugin.service import create_app
@@ -47,11 +47,6 @@ pytestmark = pytest.mark.security
 H = {"X-API-Key": KEY}
 SECRET_VALUE = "TOPSECRET-" + uuid.uuid4().hex[:10]
 MODES = ("knn", "hybrid", "bm25")
-
-
-@pytest.fixture(scope="session")
-def student(tiny_bi_encoder, tmp_path_factory):
-    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,21 @@ Each launch of a node takes a while, so the module shares one node folder and re
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 from esdistill.plugin import LauncherError, connect
-from esdt_helpers import free_port
+from esdt_nodes import running_node
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture(scope="module")
 def node():
-    from esdistill.deploy import LocalElasticsearch
-
-    node = LocalElasticsearch(port=free_port(), heap="512m")
-    node.start(timeout=240)
-    try:
+    with running_node() as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.data, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -13,14 +13,9 @@ from esdistill.plugin.evaluate import qrels_coverage
 from esdistill.plugin.ingest import IngestHook
 from esdistill.plugin.models import exported_model
 from esdt_helpers import TINY_COLLECTION
-from esdt_onnx import make_encoder, model_folder
+from esdt_onnx import model_folder
 
 DOCS = [json.loads(line) for line in (TINY_COLLECTION / "corpus.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
 
 
 def test_eval_warns_when_judged_documents_are_missing(es_client, es_url, index_prefix, encoder_a, monkeypatch,

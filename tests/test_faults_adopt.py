@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 from adopt_helpers import make_team_index, synthetic_team_docs, views_of, with_vectors
 from esdistill.plugin import IndexManager, connect
 from esdistill.plugin.sync import vector_health
-from esdt_helpers import free_port
+from esdt_nodes import running_node
 from esdt_onnx import make_encoder, model_folder
 
 pytestmark = pytest.mark.faults
@@ -129,15 +128,8 @@ def test_killed_copy_resumes_into_the_same_new_index(es_client, es_url, index_pr
 @pytest.fixture(scope="module")
 def own_node():
     """A node of this module's own (the shared one is never killed)."""
-    from esdistill.deploy import LocalElasticsearch
-
-    node = LocalElasticsearch(port=free_port(), heap="512m")
-    node.start(timeout=240)
-    try:
+    with running_node() as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.data, ignore_errors=True)
 
 
 class KillsTheNode:

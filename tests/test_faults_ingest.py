@@ -19,7 +19,6 @@ import collections
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from esdistill.plugin._bulk import RetryPolicy
 from esdistill.plugin.documents import DocumentSpec, prepare
 from esdistill.plugin.index import IndexManager, IndexSpec
 from esdistill.plugin.ingest import IngestHook
-from esdt_helpers import free_port
+from esdt_nodes import running_node
 from esdt_onnx import make_encoder, model_folder
 from esdt_proxy import FlakyProxy
 
@@ -255,16 +254,8 @@ def corpus(tmp_path_factory) -> tuple[list[dict], Path]:
 def own_node():
     """A node of this module's own (the shared one is never killed), with a write pool of one thread
     and a queue of one, so that it answers 429 as soon as two shard-level writes overlap."""
-    from esdistill.deploy import LocalElasticsearch
-
-    node = LocalElasticsearch(port=free_port(), heap="512m",
-                              extra_settings={"thread_pool.write.size": 1, "thread_pool.write.queue_size": 1})
-    node.start(timeout=240)
-    try:
+    with running_node(extra_settings={"thread_pool.write.size": 1, "thread_pool.write.queue_size": 1}) as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.data, ignore_errors=True)
 
 
 class Killer(threading.Thread):

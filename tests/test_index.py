@@ -14,19 +14,9 @@ from esdistill.plugin.index import INDEX_OPTIONS, IndexManager, IndexSpec, build
 from esdistill.plugin.ingest import IngestHook
 from esdistill.plugin.manifest import Manifest
 from esdt_helpers import TINY_COLLECTION
-from esdt_onnx import make_encoder, model_folder
+from esdt_onnx import model_folder
 
 CORPUS = TINY_COLLECTION / "corpus.jsonl"
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
-
-
-@pytest.fixture(scope="session")
-def encoder_b(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
 
 
 def _manifest(dims: int = 64, fingerprint: str = "ab" * 32, name: str = "m") -> Manifest:

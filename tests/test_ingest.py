@@ -17,22 +17,12 @@ from esdistill.plugin.documents import BadDocument, DocumentSpec, content_hash, 
 from esdistill.plugin.index import IndexManager, IndexSpec
 from esdistill.plugin.ingest import IngestHook
 from esdt_helpers import TINY_COLLECTION
-from esdt_onnx import make_encoder, model_folder
+from esdt_onnx import model_folder
 from esdt_proxy import FlakyProxy
 
 CORPUS = TINY_COLLECTION / "corpus.jsonl"
 DOCS = [json.loads(line) for line in CORPUS.read_text().splitlines()]
 FAST_RETRY = RetryPolicy(initial_delay=0.02, max_delay=0.1, give_up_after=30)
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
-
-
-@pytest.fixture(scope="session")
-def encoder_b(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
 
 
 @pytest.fixture

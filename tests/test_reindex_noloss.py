@@ -16,20 +16,9 @@ from esdistill.plugin import IndexManager, IngestError
 from esdistill.plugin.ingest import IngestHook
 from esdistill.plugin.sync import sync_index, vector_health
 from esdt_helpers import TINY_COLLECTION
-from esdt_onnx import make_encoder
 
 CORPUS = TINY_COLLECTION / "corpus.jsonl"
 N_UPDATES = 20
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
-
-
-@pytest.fixture(scope="session")
-def encoder_b(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
 
 
 class HoldsFirstBatch:

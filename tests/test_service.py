@@ -17,18 +17,13 @@ import httpx
 import pytest
 from deploy_parse import parse_dockerfile
 from esdt_helpers import free_port
-from svc_fixtures import KEY, corpus, drop_indices, exported_student, make_index, queries, settings
+from svc_fixtures import KEY, corpus, drop_indices, make_index, queries, settings
 
 pytest.importorskip("fastapi")
 from esdistill.plugin.service import create_app
 from fastapi.testclient import TestClient
 
 H = {"X-API-Key": KEY}
-
-
-@pytest.fixture(scope="session")
-def student(tiny_bi_encoder, tmp_path_factory):
-    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 
 import pytest
-from esdt_helpers import free_port
-from svc_fixtures import KEY, exported_student, make_index, queries, settings
+from esdt_nodes import running_node
+from svc_fixtures import KEY, make_index, queries, settings
 
 pytest.importorskip("fastapi")
 from esdistill.plugin.service import create_app
@@ -18,23 +17,11 @@ from fastapi.testclient import TestClient
 H = {"X-API-Key": KEY}
 
 
-@pytest.fixture(scope="session")
-def student(tiny_bi_encoder, tmp_path_factory):
-    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
-
-
 @pytest.fixture
 def own_node():
     """A node of our own: the shared one must never be killed."""
-    from esdistill.deploy import LocalElasticsearch
-
-    node = LocalElasticsearch(port=free_port(), heap="512m")
-    node.start(timeout=240)
-    try:
+    with running_node() as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.data, ignore_errors=True)
 
 
 @pytest.mark.faults

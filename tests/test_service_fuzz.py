@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 from esdt_helpers import free_port
-from svc_fixtures import KEY, drop_indices, exported_student, make_index, settings
+from svc_fixtures import KEY, drop_indices, make_index, settings
 
 schemathesis = pytest.importorskip("schemathesis")
 from esdistill.plugin.service import create_app
@@ -26,11 +26,6 @@ from schemathesis.generation import GenerationMode
 CASES = 30
 #: operations that take no input at all (no negative cases exist for them)
 NO_INPUT = ("/healthz", "/readyz", "/metrics")
-
-
-@pytest.fixture(scope="session")
-def student(tiny_bi_encoder, tmp_path_factory):
-    return exported_student(tiny_bi_encoder, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,7 @@ import pytest
 from adopt_helpers import knn_ids, make_team_index, own_vector, stored_vectors
 from esdistill.plugin import IndexManager
 from esdistill.plugin.sync import sync_index, vector_health
-from esdt_onnx import make_encoder, model_folder
-
-
-@pytest.fixture(scope="session")
-def encoder_a(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "a")
-
-
-@pytest.fixture(scope="session")
-def encoder_b(tiny_bi_encoder, tmp_path_factory):
-    return make_encoder(tiny_bi_encoder, tmp_path_factory.getbasetemp() / "esdt-onnx", "b")
+from esdt_onnx import model_folder
 
 
 class Counting:

@@ -7,8 +7,10 @@ it measures
 * **encoder**: the model alone (``encode_with_info``, ``--batch-size`` texts a call), best of two
   rounds after a warm-up;
 * **in-place backfill**: ``IndexManager.adopt(mode="in-place")`` of a team index made with plain
-  elasticsearch-py (partial updates with ``if_seq_no``), documents per second and as a share of the
-  encoder's documents per second;
+  elasticsearch-py (partial updates with ``if_seq_no``), documents per second, as a share of the
+  encoder's documents per second, and the share of the wall time the encoder was busy (the same
+  ratio measured inside one run, so a noisy neighbour between the two measurements does not
+  distort it);
 * **sync, unchanged**: ``sync_index`` over the adopted index right after: documents checked per
   second, and how many were embedded (must be 0);
 * **copy**: ``IndexManager.adopt(mode="copy")`` of a second, identical team index: documents per
@@ -126,11 +128,13 @@ def run_benchmark(client: Any, encoder: Any, docs: list[dict[str, Any]], *, batc
         "batch_size": batch_size,
         "encoder_docs_per_s": round(enc, 1),
         "backfill": {"docs_per_s": round(backfill_rate, 1), "share_of_encoder": round(backfill_rate / enc, 3),
+                     "encoder_busy": round(backfill.embed_seconds / backfill.seconds, 3),
                      "embedded": backfill.embedded, "seconds": round(backfill.seconds, 2),
                      "embed_seconds": round(backfill.embed_seconds, 2)},
         "sync_unchanged": {"checked": unchanged.checked, "embedded": unchanged.embedded,
                            "seconds": round(unchanged.seconds, 2), "checked_per_s": round(unchanged.checked_per_s, 1)},
         "copy": {"docs_per_s": round(copy_rate, 1), "share_of_encoder": round(copy_rate / enc, 3),
+                 "encoder_busy": round(c.summary.embed_seconds / c.seconds, 3),
                  "embedded": c.summary.indexed, "verified": c.summary.verified, "seconds": round(c.seconds, 2),
                  "write_block_s": round(c.summary.write_block_s, 2)},
     }
@@ -179,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {numbers['batch_size']}, {numbers['cpus']} CPUs")
     print(f"  encoder alone        {numbers['encoder_docs_per_s']:8.1f} docs/s")
     print(f"  in-place backfill    {b['docs_per_s']:8.1f} docs/s  = {b['share_of_encoder']:.0%} of the encoder "
-          f"({b['embedded']} embedded in {b['seconds']} s)")
+          f"({b['embedded']} embedded in {b['seconds']} s, encoder busy {b['encoder_busy']:.0%} of it)")
     print(f"  sync, unchanged      {s['checked_per_s']:8.1f} docs checked/s, {s['embedded']} embedded "
           f"({s['checked']} checked in {s['seconds']} s)")
-    print(f"  copy (blue/green)    {c['docs_per_s']:8.1f} docs/s  = {c['share_of_encoder']:.0%} of the encoder, "
-          f"write block {c['write_block_s']} s")
+    print(f"  copy (blue/green)    {c['docs_per_s']:8.1f} docs/s  = {c['share_of_encoder']:.0%} of the encoder "
+          f"(encoder busy {c['encoder_busy']:.0%}), write block {c['write_block_s']} s")
     return 0
 
 

@@ -302,13 +302,15 @@ def test_query_hook_sees_the_swap_before_searching(es_client, student):
     """Even when the search itself would succeed, the hook checks the physical index first."""
     from esdistill.plugin.encoder import OnnxEncoder
     from esdistill.plugin.index import IndexManager
-    from esdistill.plugin.query import QueryHook
+    from esdistill.plugin.query import QueryConfig, QueryHook
 
     prefix = f"esdt-atk-swap2-{uuid.uuid4().hex[:6]}"
     try:
         alias = make_index(es_client, f"{prefix}-docs", student)
         encoder = OnnxEncoder(student)
-        hook = QueryHook(es_client, alias, encoder)
+        # alias_check_s=0: look the alias up before every search, so the test does not depend on how
+        # long the swap below takes (the default looks at most once a second)
+        hook = QueryHook(es_client, alias, encoder, config=QueryConfig(alias_check_s=0))
         assert hook.search("bacteria", k=3).hits
         other = dataclasses.replace(encoder.manifest, fingerprint="2" * 64, dims=encoder.dims * 2)
         physical = IndexManager(es_client, f"{prefix}-other").create(other)

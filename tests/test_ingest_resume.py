@@ -203,3 +203,14 @@ def test_duplicate_ids_are_counted_and_reported(es_client, index, encoder, tmp_p
     assert es_client.get(index=index, id="12345")["_source"]["title"] == "second"  # the later record wins
     clean = IngestHook(es_client, index, encoder, progress=False).ingest(lines[1:2] + lines[3:4])
     assert clean.duplicates == 0 and "reused" not in clean.format()
+
+
+def test_an_id_indexed_again_after_its_delete_is_not_a_duplicate(es_client, index, encoder, tmp_path):
+    src = tmp_path / "ops.jsonl"
+    ops = [{"_id": "c", "title": "c", "text": "carbon in the soil"}, {"_id": "c", "_op": "delete"},
+           {"_id": "c", "title": "c", "text": "carbon in the forest"}, {"_id": "c", "title": "c", "text": "again"}]
+    src.write_text("".join(json.dumps(d) + "\n" for d in ops))
+    summary = IngestHook(es_client, index, encoder, progress=False).ingest_jsonl(src)
+    assert summary.complete and summary.deleted == 1
+    assert summary.duplicates == 1 and summary.duplicate_examples == ["line 4: id 'c'"]  # only the last one
+    assert es_client.get(index=index, id="c")["_source"]["text"] == "again"

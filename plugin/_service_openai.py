@@ -57,6 +57,13 @@ INPUT_TYPES = {"document": "document", "ingest": "document", "query": "query", "
 MAX_CONCURRENT_RERANKS = 4
 
 
+#: every status these routes answer besides 200, documented in the OpenAPI schema
+_ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
+    code: {"description": text} for code, text in [
+        (400, "refused input"), (401, "no or wrong API key"), (403, "wrong API key"),
+        (404, "unknown model"), (413, "body too large"), (422, "the request does not match the schema"),
+        (429, "rate limited"), (503, "busy or unavailable")]}
+
 def _schemas() -> dict[str, Any]:
     """The request and answer models (built on first use: importing this module needs no web framework)."""
     from pydantic import BaseModel, ConfigDict, Field
@@ -171,7 +178,7 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
         return None
 
     @router.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="Embed texts (OpenAI shape)",
-                 tags=["inference"])
+                 tags=["inference"], responses=_ERROR_RESPONSES)
     def embeddings(body: EmbeddingsRequest):
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
@@ -206,7 +213,8 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-                 summary="Order documents for a query with the service's reranker", tags=["inference"])
+                 summary="Order documents for a query with the service's reranker", tags=["inference"],
+                 responses=_ERROR_RESPONSES)
     def rerank(body: RerankRequest):
         reranker = state.reranker
         if reranker is None:

@@ -329,6 +329,11 @@ class QueryHook:
         self.text_fields: tuple[str, ...] = _DEFAULT_TEXT_FIELDS
         self._tuned: dict[str, Any] | None = None  # what `esdistill tune` stored: mode="auto" runs it
         self.similarity = "cosine"
+        # a reranker that reads the index (stored teacher vectors, BM25 scores from Elasticsearch)
+        # gets this hook once: its client, index and lexical query
+        attach = getattr(reranker, "attach", None)
+        if callable(attach):
+            attach(self)
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -751,11 +756,11 @@ class QueryHook:
         """The teacher's pass over the student's top N: new order, teacher scores, outcome."""
         head = student_ids[: self.config.rerank.top_n]
         texts = [self._text_of(by_id[d].get("_source") or {}) for d in head]
-        result = self._run_stage(text, texts, deadline)
+        result = self._run_stage(text, texts, deadline, head)
         scores = {head[i]: s for i, s in enumerate(result.scores) if s is not None}
         return [head[i] for i in result.order] + student_ids[len(head):], scores, result.outcome
 
-    def _run_stage(self, text: str, texts: list[str], deadline: float | None) -> RerankResult:
+    def _run_stage(self, text: str, texts: list[str], deadline: float | None, ids: list[str]) -> RerankResult:
         """Run the rerank stage; under a deadline, in a helper thread this query stops waiting for
         when the deadline passes.
 
@@ -768,13 +773,13 @@ class QueryHook:
         stage = self.rerank_stage
         assert stage is not None
         if deadline is None or deadline - self._clock() <= 0:
-            return stage.run(text, texts, deadline=deadline)  # no deadline, or a stop before any call
+            return stage.run(text, texts, deadline=deadline, ids=ids)  # no deadline, or a stop before any call
         started = self._clock()
         box: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                box["result"] = stage.run(text, texts, deadline=deadline)
+                box["result"] = stage.run(text, texts, deadline=deadline, ids=ids)
             except BaseException as exc:  # noqa: BLE001 - handed back to the query's thread
                 box["error"] = exc
 

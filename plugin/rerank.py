@@ -89,6 +89,15 @@ class Reranker(Protocol):
         ...
 
 
+def _score_part(reranker: Any, query: str, texts: Sequence[str], ids: Sequence[str] | None) -> np.ndarray:
+    """Scores for one part of the candidates. A reranker that knows the index (stored teacher
+    vectors, BM25 from Elasticsearch) implements ``score_candidates(query, ids, texts)`` and gets the
+    candidates' ids too; every other reranker gets the texts."""
+    if ids is not None and hasattr(reranker, "score_candidates"):
+        return reranker.score_candidates(query, list(ids), list(texts))
+    return reranker.score(query, list(texts))
+
+
 class CrossEncoderReranker:
     """A cross-encoder teacher served by :class:`~esdistill.plugin.cross_encoder.OnnxCrossEncoder`.
 
@@ -426,12 +435,15 @@ class RerankStage:
                 return 1
             return 0
 
-    def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> RerankResult:
+    def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None,
+            ids: Sequence[str] | None = None) -> RerankResult:
         """Rerank ``texts`` (the candidates, in the student's order) for ``query``.
 
         Args:
             query: the query text.
             texts: candidate texts, student's order; callers pass at most ``config.top_n``.
+            ids: the candidates' document ids (same order), for rerankers that read the index
+                (``score_candidates``); ``None`` when there are none.
             deadline: the time (on this stage's clock) by which the rerank must stop; ``None`` = no
                 deadline (all candidates in one call).
 
@@ -449,18 +461,20 @@ class RerankStage:
             outcome.reason = REASON_OVERLOADED
             return RerankResult(student, scores, outcome)
         try:
-            return self._run(query, texts, deadline, outcome, scores)
+            return self._run(query, texts, deadline, outcome, scores, ids)
         finally:
             self._slots.release()
 
     def _run(self, query: str, texts: Sequence[str], deadline: float | None, outcome: RerankOutcome,
-             scores: list[float | None]) -> RerankResult:
+             scores: list[float | None], ids: Sequence[str] | None = None) -> RerankResult:
         n = len(texts)
         student = list(range(n))
         if not self.breaker.allow():
             outcome.reason = REASON_CIRCUIT
             return RerankResult(student, scores, outcome)
-        chunk = n if deadline is None else self.config.chunk_size
+        # a reranker whose cost hardly grows with the list (one request for all) scores it whole
+        whole = deadline is None or bool(getattr(self.reranker, "whole_list", False))
+        chunk = n if whole else self.config.chunk_size
         start = self._clock()
         done = 0
         failed = called = False
@@ -474,7 +488,8 @@ class RerankStage:
                 part = list(texts[done:done + size])
                 called = True
                 t = self._clock()
-                got = np.asarray(self.reranker.score(query, part), dtype=np.float64).reshape(-1)
+                part_ids = None if ids is None else list(ids[done:done + size])
+                got = np.asarray(_score_part(self.reranker, query, part, part_ids), dtype=np.float64).reshape(-1)
                 if got.shape[0] != len(part) or not np.all(np.isfinite(got)):
                     raise ModelError(
                         f"reranker {getattr(self.reranker, 'name', '?')} returned {got.shape[0]} scores "

@@ -30,6 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError, ModelError
+from esdistill.plugin.fusion import SCORE_NORMALIZATIONS as _NORMALIZATIONS
+from esdistill.plugin.fusion import normalize_scores
 from esdistill.plugin.models import resolve_model
 
 __all__ = [
@@ -46,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".onnx")
-_NORMALIZATIONS = ("zscore", "minmax", "rank", "none")
 
 
 @runtime_checkable
@@ -86,34 +87,6 @@ def model_fingerprint(ref: str | os.PathLike[str], **settings: Any) -> str:
         h.update(os.fspath(ref).encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
-
-
-def normalize_scores(scores: np.ndarray, method: str = "zscore") -> np.ndarray:
-    """Per-query normalisation of one list of scores.
-
-    Args:
-        scores: the scores of one query's candidates.
-        method: ``zscore`` (mean 0, std 1), ``minmax`` (to [0, 1]), ``rank`` (1 for the best down
-            to 0 for the worst) or ``none``.
-
-    Raises:
-        ConfigError: unknown method.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if method == "none" or s.size == 0:
-        return s.astype(np.float32)
-    if method == "zscore":
-        std = s.std()
-        out = (s - s.mean()) / std if std > 1e-12 else np.zeros_like(s)
-    elif method == "minmax":
-        span = s.max() - s.min()
-        out = (s - s.min()) / span if span > 1e-12 else np.zeros_like(s)
-    elif method == "rank":
-        order = s.argsort().argsort()
-        out = order / max(len(s) - 1, 1)
-    else:
-        raise ConfigError(f"unknown score normalisation {method!r}; choose from {_NORMALIZATIONS}")
-    return out.astype(np.float32)
 
 
 def _text_key(text: str) -> str:

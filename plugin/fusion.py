@@ -16,6 +16,11 @@ similarities), ``bm25`` (the lexical query's ``_score``, unbounded), ``rrf`` (at
 ``n_lists / (k + 1)``, about 0.03 with two lists and ``k = 60``) and ``linear`` (in [0, 1] when the
 weights sum to 1). A teacher's score is reported apart from the retrieval score (``rerank``).
 
+**Per-query normalisation.** :func:`normalize_scores` puts one query's candidate scores on a common
+scale (``zscore``, ``minmax``, ``rank``) before a weighted sum; an ensemble teacher does this for each
+member, at training time (:mod:`esdistill.export.teachers`) and at query time
+(:mod:`esdistill.plugin.teacher_rerank`) alike.
+
 Each input list is a sequence of ``(doc_id, score)`` pairs, best first. The output is a list of
 ``(doc_id, fused_score)`` pairs, best first; ties are broken by the best rank the document had in
 any input, then by id, so the result is deterministic::
@@ -31,16 +36,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from esdistill.plugin._errors import ConfigError
 
 __all__ = [
     "FUSION_METHODS",
     "RRF_K",
     "SCORE_KINDS",
+    "SCORE_NORMALIZATIONS",
     "ScoredId",
     "fuse",
     "linear_combination",
     "min_max",
+    "normalize_scores",
     "reciprocal_rank_fusion",
     "score_kind",
 ]
@@ -56,6 +64,8 @@ _KNN_KINDS = {"cosine": "knn_cosine01", "dot_product": "knn_dot01", "l2_norm": "
               "max_inner_product": "knn_max_inner_product"}
 #: every score kind a hit may carry (``rerank`` is the teacher's, reported as ``rerank_score``)
 SCORE_KINDS = (*_KNN_KINDS.values(), "bm25", *FUSION_METHODS, "rerank")
+#: per-query normalisations of one list of scores (:func:`normalize_scores`)
+SCORE_NORMALIZATIONS = ("zscore", "minmax", "rank", "none")
 
 
 def score_kind(mode: str, *, fusion: str = "rrf", similarity: str = "cosine") -> str:
@@ -150,6 +160,40 @@ def min_max(ranked: Sequence[ScoredId]) -> dict[str, float]:
         if doc_id not in out:
             out[doc_id] = (v - lo) / span if span > 0 else 1.0
     return out
+
+
+def normalize_scores(scores: Sequence[float] | np.ndarray, method: str = "zscore") -> np.ndarray:
+    """Per-query normalisation of one list of scores.
+
+    Args:
+        scores: the scores of one query's candidates.
+        method: ``zscore`` (mean 0, std 1), ``minmax`` (to [0, 1]), ``rank`` (1 for the best down
+            to 0 for the worst) or ``none``; equal scores all become 0 (``zscore``, ``minmax``).
+
+    Returns:
+        A float32 array of the same length.
+
+    Raises:
+        ConfigError: unknown method.
+
+    Example:
+        >>> normalize_scores([1.0, 2.0, 3.0], "minmax").tolist()
+        [0.0, 0.5, 1.0]
+    """
+    if method not in SCORE_NORMALIZATIONS:
+        raise ConfigError(f"unknown score normalisation {method!r}; choose from {SCORE_NORMALIZATIONS}")
+    s = np.asarray(scores, dtype=np.float64)
+    if method == "none" or s.size == 0:
+        return s.astype(np.float32)
+    if method == "zscore":
+        std = s.std()
+        out = (s - s.mean()) / std if std > 1e-12 else np.zeros_like(s)
+    elif method == "minmax":
+        span = s.max() - s.min()
+        out = (s - s.min()) / span if span > 1e-12 else np.zeros_like(s)
+    else:  # rank
+        out = s.argsort().argsort() / max(len(s) - 1, 1)
+    return out.astype(np.float32)
 
 
 def linear_combination(

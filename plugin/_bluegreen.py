@@ -52,6 +52,7 @@ from esdistill.plugin.index import (
     new_meta,
     vector_property,
 )
+from esdistill.plugin.teacher_vectors import TeacherInfo, teacher_property
 
 if TYPE_CHECKING:  # pragma: no cover
     from esdistill.plugin.index import IndexManager
@@ -176,6 +177,9 @@ def _target_body(mgr: IndexManager, source: str, encoder: Any, meta: IndexMeta, 
     same_type = old_opts.get("type") == meta.index_options
     props = dict(mapping.get("properties") or {})
     props.update(BOOKKEEPING_PROPERTIES)
+    teacher = TeacherInfo.from_meta(meta)
+    if teacher is not None:
+        props[teacher.field] = teacher_property(teacher)
     props[meta.vector_field] = vector_property(
         encoder.manifest, index_options=meta.index_options,
         m=m if m is not None else (old_opts.get("m") if same_type and "hnsw" in meta.index_options else None),
@@ -190,7 +194,8 @@ def _target_body(mgr: IndexManager, source: str, encoder: Any, meta: IndexMeta, 
 def blue_green(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...], vector_field: str,
                index_options: str | None = None, m: int | None = None, ef_construction: int | None = None,
                number_of_replicas: int | None = None, batch_size: int = 256, page_size: int = 500,
-               progress: bool | None = None, adopting: bool = False) -> ReindexResult:
+               progress: bool | None = None, adopting: bool = False,
+               teacher: TeacherInfo | None = None) -> ReindexResult:
     """Copy the alias's current index into a new version embedded by ``encoder``, losing no write,
     and move the alias (see the module docstring).
 
@@ -203,6 +208,8 @@ def blue_green(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...],
         batch_size / page_size: documents per encoder call / per read.
         progress: show a progress bar (default: when stderr is a terminal).
         adopting: the current index is not esdistill's (``adopt --copy``).
+        teacher: the bi-encoder teacher whose document vectors the new version stores too
+            (:mod:`esdistill.plugin.teacher_vectors`; ``None``: none).
 
     Raises:
         ConfigError: reindex of an index esdistill did not make, or adopt of one it did.
@@ -230,14 +237,14 @@ def blue_green(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...],
     options = index_options or (source_vector.get("index_options") or {}).get("type") or "int8_hnsw"
     manifest = encoder.manifest
     target = mgr.unfinished_copy(source, manifest, vector_field=vector_field, text_fields=text_fields,
-                                 index_options=options)
+                                 index_options=options, teacher_fingerprint=teacher.fingerprint if teacher else "")
     if target is not None:
         logger.info("resuming the unfinished copy of %s into %s: documents already there are not embedded again",
                     source, target)
         meta = mgr.meta(target)
     else:
         meta = new_meta(manifest, vector_field=vector_field, text_fields=text_fields, index_options=options,
-                        alias=mgr.alias, previous_index=source, building=True)
+                        alias=mgr.alias, previous_index=source, building=True, teacher=teacher)
         settings, mappings = _target_body(mgr, source, encoder, meta, m=m, ef_construction=ef_construction,
                                           number_of_replicas=number_of_replicas, source_vector=source_vector)
         target = mgr.create_physical(mgr._next_name(), settings=settings, mappings=mappings,
@@ -307,7 +314,7 @@ def run_copy(mgr: IndexManager, *, source: str, target: str, encoder: Any, meta:
             now = copier.watermarks()
             copier.refresh(source)
             before = summary.caught_up
-            copier.copy(copier.changed_since(marks), counter="caught_up", bar=bar)
+            copier.copy(copier.changed_since(marks, upto=now), counter="caught_up", bar=bar)
             summary.catch_up_rounds += 1
             marks = {shard: max(now.get(shard, -1), marks.get(shard, -1)) for shard in set(now) | set(marks)}
             _stop_if_failed(summary, mgr, source, target, blocked=False)

@@ -4,7 +4,9 @@
 A document goes into the target with the source's ``_version`` as an external version
 (``version_type=external_gte``): the target's versions then say exactly which source version each
 document came from, a retried write is idempotent, and an older copy can never overwrite a newer
-one. Verification compares every document by id and version.
+one. Verification compares every document by id and version. A target that stores a bi-encoder
+teacher's document vectors (:mod:`~esdistill.plugin.teacher_vectors`) gets them embedded with the
+student's vectors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from esdistill.plugin._pipeline import EmbedBatch, run_pipeline, vector_format, 
 from esdistill.plugin._scan import scan
 from esdistill.plugin._writes import action_line, bulk_outcomes
 from esdistill.plugin.documents import BadDocument, DocumentSpec, prepare, strip_reserved, text_hash
+from esdistill.plugin.teacher_vectors import teacher_embedder
 
 if TYPE_CHECKING:  # pragma: no cover
     from esdistill.plugin.index import IndexMeta
@@ -109,7 +112,9 @@ class Copier:
         self.fingerprint = encoder.manifest.fingerprint
         self.meta = meta
         self.spec = DocumentSpec(text_fields=tuple(meta.text_fields), vector_field=meta.vector_field)
-        self.excludes = sorted({meta.vector_field, *([source_vector_field] if source_vector_field else [])})
+        self.teacher = teacher_embedder(meta)
+        self.excludes = sorted({meta.vector_field, *([source_vector_field] if source_vector_field else []),
+                                *([self.teacher.field] if self.teacher is not None else [])})
         self.policy = policy
         self.batch_size = batch_size
         self.page_size = page_size
@@ -141,15 +146,24 @@ class Copier:
                     marks[shard] = int(copy.get("seq_no", {}).get("max_seq_no", -1))
         return marks
 
-    def changed_since(self, marks: dict[str, int]) -> Iterator[dict[str, Any]]:
-        """Documents of the source whose ``_seq_no`` is above ``marks`` (per shard), oldest first."""
-        for shard, mark in sorted(marks.items()):
+    def changed_since(self, marks: dict[str, int], upto: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+        """Documents of the source whose ``_seq_no`` is above ``marks`` (per shard), oldest first; with
+        ``upto``, only those at or below it. A catch-up round must pass ``upto``: a writer faster than the
+        copy would otherwise keep the round reading its newest writes forever."""
+        shards = sorted(set(marks) | set(upto or {}))
+        for shard in shards:
+            mark = marks.get(shard, -1)
+            bounds: dict[str, int] = {"gt": mark}
+            if upto is not None:
+                if upto.get(shard, -1) <= mark:
+                    continue
+                bounds["lte"] = upto[shard]
             after: list[Any] | None = None
             while True:
                 kwargs: dict[str, Any] = {"search_after": after} if after is not None else {}
-                resp = self._retry(lambda kwargs=kwargs, shard=shard, mark=mark: self.client.search(
+                resp = self._retry(lambda kwargs=kwargs, shard=shard, bounds=bounds: self.client.search(
                     index=self.source, preference=f"_shards:{shard}", size=self.page_size, version=True,
-                    query={"range": {"_seq_no": {"gt": mark}}}, sort=[{"_seq_no": "asc"}],
+                    query={"range": {"_seq_no": bounds}}, sort=[{"_seq_no": "asc"}],
                     source_excludes=self.excludes, track_total_hits=False, **kwargs), f"changes in {self.source}")
                 hits = resp["hits"]["hits"]
                 if not hits:
@@ -211,9 +225,11 @@ class Copier:
         lines: list[bytes] = []
         ids: list[str] = []
         vectors = batch.vectors if batch.vectors is not None else []
-        for (hit, source, chash), vec in zip(batch.items, vectors):
+        for pos, ((hit, source, chash), vec) in enumerate(zip(batch.items, vectors)):
             body = {**source, "content_hash": chash, "model_fingerprint": self.fingerprint,
                     self.meta.vector_field: vector_value(vec, self.fmt)}
+            if self.teacher is not None and batch.teacher_vectors is not None:
+                body[self.teacher.field] = vector_value(batch.teacher_vectors[pos], self.fmt)
             lines.append(self._line(hit, body))
             ids.append(hit["_id"])
         for hit, source in batch.extra.get("plain", []):
@@ -244,7 +260,7 @@ class Copier:
 
     def copy(self, hits: Iterator[dict[str, Any]], *, counter: str | None, bar: Any) -> None:
         run_pipeline(self.batches(hits, counter=counter, bar=bar), self.encoder, self.write,
-                     dims=int(self.meta.dims), on_embed=self._on_embed)
+                     dims=int(self.meta.dims), on_embed=self._on_embed, teacher=self.teacher)
 
     def _on_embed(self, n: int, seconds: float) -> None:
         self.summary.embed_seconds += seconds

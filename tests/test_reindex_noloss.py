@@ -129,6 +129,32 @@ def test_new_documents_updates_and_deletes_during_a_copy_are_all_carried_over(es
     assert (health.missing_vectors, health.stale_vectors) == (0, 0)
 
 
+def test_a_catch_up_round_reads_only_up_to_its_own_watermark(es_client, index_prefix, encoder_a):
+    """A writer faster than the copy must not keep one catch-up round reading its newest writes
+    forever (a round once chased such a writer until CI timed out): a round stops at the marks it
+    took when it started; later writes belong to the next round."""
+    from esdistill.plugin._bulk import RetryPolicy
+    from esdistill.plugin._copy import Copier
+
+    make_team_index(es_client, index_prefix)
+    mgr = IndexManager(es_client, index_prefix)
+    physical = mgr.adopt(encoder_a, text_fields=("title", "body"), mode="copy", progress=False).copy.new_index
+    copier = Copier(es_client, source=physical, target=f"{index_prefix}-unused", encoder=encoder_a,
+                    meta=mgr.meta(physical), source_vector_field=None, policy=RetryPolicy(), batch_size=3,
+                    page_size=2, progress=False)
+    start = copier.watermarks()
+    for i in range(3):
+        es_client.index(index=index_prefix, id=f"before-{i}", document={"title": "t", "body": f"round one {i}"})
+    upto = copier.watermarks()
+    for i in range(4):
+        es_client.index(index=index_prefix, id=f"after-{i}", document={"title": "t", "body": f"round two {i}"})
+    copier.refresh(physical)
+    this_round = [h["_id"] for h in copier.changed_since(start, upto=upto)]
+    assert sorted(this_round) == [f"before-{i}" for i in range(3)]
+    assert sorted(h["_id"] for h in copier.changed_since(upto)) == [f"after-{i}" for i in range(4)]
+    assert len(list(copier.changed_since(start))) == 7
+
+
 class PlantsANewerVersion:
     """Wraps a real encoder: at its first call, writes a document straight into the new index with
     a version the source never had (someone writing into a half-built index)."""

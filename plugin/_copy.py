@@ -277,23 +277,19 @@ class Copier:
     def verify_all(self, bar: Any) -> int:
         """Compare every source document with the target by id and version and fix what differs
         (missing or outdated: copied again; gone from the source: deleted). Returns how many were fixed."""
-        fixed = 0
-        page: list[dict[str, Any]] = []
-        for hit in scan(self.client, self.source, policy=self.policy, page_size=self.page_size, source=False,
-                        version=True, what="verification"):
-            page.append(hit)
-            if len(page) >= self.page_size:
-                fixed += self._repair(page, bar)
-                page = []
-        if page:
-            fixed += self._repair(page, bar)
-        return fixed + self.drop_extras()
+        hits = scan(self.client, self.source, policy=self.policy, page_size=self.page_size, source=False,
+                    version=True, what="verification")
+        return self._repair_all(hits, bar) + self.drop_extras()
 
     def verify_changed(self, marks: dict[str, int], bar: Any) -> int:
         """Compare (and fix) the documents changed since ``marks``; returns how many were fixed."""
+        return self._repair_all(self.changed_since(marks), bar)
+
+    def _repair_all(self, hits: Iterator[dict[str, Any]], bar: Any) -> int:
+        """:meth:`_repair` over ``hits`` a page at a time; how many were fixed."""
         fixed = 0
         page: list[dict[str, Any]] = []
-        for hit in self.changed_since(marks):
+        for hit in hits:
             page.append(hit)
             if len(page) >= self.page_size:
                 fixed += self._repair(page, bar)

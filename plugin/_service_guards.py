@@ -144,10 +144,6 @@ class TokenBucketLimiter:
         return wait
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class GuardMiddleware:
     """ASGI middleware: metrics and the rate limit for every request; API key and body size where protected.
 

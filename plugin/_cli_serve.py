@@ -14,7 +14,7 @@ import logging
 
 from esdistill.plugin.service_settings import ENV_PREFIX, ServiceSettings
 
-__all__ = ["register", "settings_from_args"]
+__all__ = ["register", "settings_from_args", "with_exported_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,22 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings.load(file=args.config, overrides=overrides)
 
 
+def with_exported_model(settings: ServiceSettings) -> ServiceSettings:
+    """``settings`` with ``model`` as an exported folder: a packaged name (``minilm``) is exported
+    once into the cache, like ``esdistill search --model`` does.
+
+    Raises:
+        ModelError: ``model`` is neither an exported folder nor a packaged name (the message says what to run).
+    """
+    from dataclasses import replace
+
+    from esdistill.plugin.models import exported_model
+
+    return replace(settings, model=str(exported_model(settings.model)))
+
+
 def _serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = with_exported_model(settings_from_args(args))
     from esdistill.plugin.service import serve  # the serve extra is needed from here on
 
     logger.info("service settings: %s", settings.public_dict())
@@ -56,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"Each flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}INDEX).",
     )
     p.add_argument("--index", default=None, help="index or alias to search and ingest into")
-    p.add_argument("--model", default=None, metavar="DIR", help="exported student folder (manifest.json + ONNX)")
+    p.add_argument("--model", default=None, metavar="DIR", help="exported student folder (manifest.json + ONNX) or a packaged name (minilm)")
     p.add_argument("--rerank", default=None, metavar="DIR", help="exported reranker folder (optional)")
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default 8080)")

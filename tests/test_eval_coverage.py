@@ -73,6 +73,18 @@ def test_model_references_that_cannot_work_say_what_to_run(tmp_path, monkeypatch
     assert f"pip install 'esdistill[export]' && esdistill export minilm --out {out}" in str(err.value)
 
 
+def test_serve_takes_a_packaged_name(encoder_a, tmp_path, monkeypatch):
+    from esdistill.plugin._cli_serve import with_exported_model
+    from esdistill.plugin.service_settings import ServiceSettings
+
+    monkeypatch.setenv("ESDISTILL_MODELS", str(tmp_path))
+    cached = tmp_path / "exports" / "all-MiniLM-L6-v2-int8"
+    shutil.copytree(model_folder(encoder_a), cached)
+    assert with_exported_model(ServiceSettings(index="docs", model="minilm")).model == str(cached)
+    with pytest.raises(ModelError, match="neither an exported model folder nor a packaged name"):
+        with_exported_model(ServiceSettings(index="docs", model="bert-base-uncased"))
+
+
 def test_cli_takes_a_packaged_name(es_client, es_url, index_prefix, encoder_a, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ESDISTILL_MODELS", str(tmp_path))
     monkeypatch.setenv("ESDISTILL_ES_URL", es_url)

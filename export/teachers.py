@@ -33,6 +33,7 @@ from esdistill.plugin._errors import ConfigError, ModelError
 from esdistill.plugin.fusion import SCORE_NORMALIZATIONS as _NORMALIZATIONS
 from esdistill.plugin.fusion import normalize_scores
 from esdistill.plugin.models import resolve_model
+from esdistill.plugin.teacher_rerank import parse_teacher_spec
 
 __all__ = [
     "BM25Teacher",
@@ -353,9 +354,11 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
                   shared: dict[str, Any] | None = None) -> Any:
     """Build a teacher from a spec.
 
-    Spec grammar: members joined by ``+``, each ``[WEIGHT*]NAME`` where NAME is ``bm25``,
-    ``bi:MODEL``, ``ce:MODEL`` or a bare MODEL (a folder holding a sequence-classification model is a
-    cross-encoder, anything else a bi-encoder). Several members make an :class:`EnsembleTeacher`.
+    Spec grammar (:func:`~esdistill.plugin.teacher_rerank.parse_teacher_spec`, which the query-time
+    reranker of the same spec shares): members joined by ``+``, each ``[WEIGHT*]NAME`` where NAME is
+    ``bm25``, ``bi:MODEL``, ``ce:MODEL`` or a bare MODEL (a folder holding a sequence-classification
+    model is a cross-encoder, anything else a bi-encoder). Several members make an
+    :class:`EnsembleTeacher`.
 
     Args:
         spec: e.g. ``mpnet``, ``ce:runs/teacher-ce``, ``0.7*mpnet+0.3*bm25``.
@@ -382,21 +385,12 @@ def build_teacher(spec: str, *, bm25_index: Any = None, embedding_cache: str | o
             pool[key] = factory()
         return pool[key]
 
-    for raw in spec.replace(" ", "").split("+"):
-        weight, _, name = raw.rpartition("*")
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(f"bad teacher weight {weight!r} in {spec!r}; write e.g. '0.7*mpnet+0.3*bm25'") from None
-        if not name:
-            raise ConfigError(f"empty teacher name in {spec!r}")
-        if name == "bm25":
+    for w, kind, ref_s in parse_teacher_spec(spec):
+        if kind == "bm25":
             if bm25_index is None:
                 raise ConfigError("the bm25 teacher needs an Elasticsearch BM25 index of the corpus")
             members.append((w, get(f"bm25:{id(bm25_index)}", lambda: BM25Teacher(bm25_index))))
             continue
-        kind, ref_s = ("ce", name[3:]) if name.startswith("ce:") else ("bi", name[3:]) if name.startswith("bi:") \
-            else ("", name)
         ref = resolve_model(ref_s)
         if not kind:
             kind = "ce" if isinstance(ref, Path) and _is_cross_encoder(ref) else "bi"

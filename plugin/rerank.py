@@ -3,14 +3,18 @@
 The teacher is served in ONNX like the student: a cross-encoder (:class:`CrossEncoderReranker`,
 scores each query-document pair) or a bi-encoder teacher (:class:`BiEncoderReranker`, cosine of the
 teacher's embeddings of query and candidate, with candidate embeddings cached). :func:`load_reranker`
-picks the right one from the folder's manifest.
+picks the right one from the folder's manifest; given a distillation run folder or a teacher spec
+(``0.5*mpnet+0.5*bm25``) it serves the run's teacher ensemble
+(:class:`~esdistill.plugin.teacher_rerank.SpecReranker`).
 
 :class:`RerankStage` runs a reranker for one query under three guarantees:
 
 * **Deadline.** Candidates are scored in small chunks in the student's order. Before each chunk the
   stage compares the time left with its running estimate of the teacher's cost per candidate,
   shrinks the chunk to what fits, and stops when not one more candidate fits (or no time is left). The reranked head is ordered by the teacher; the rest keeps the
-  student's order, and the outcome says ``full``, ``partial`` or ``none`` and why.
+  student's order, and the outcome says ``full``, ``partial`` or ``none`` and why. A reranker with
+  ``whole_list = True`` (its scores depend on the whole list, e.g. normalised per query) is run on
+  all candidates in one call or not at all: never ``partial``.
 * **Circuit breaker.** After ``failure_threshold`` consecutive failures the stage stops calling the
   reranker for ``cooldown_s`` seconds, then lets one trial request through (half-open): a success
   closes the breaker, a failure opens it again.
@@ -39,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -184,27 +189,48 @@ class BiEncoderReranker:
         return np.stack(vecs) @ q  # type: ignore[arg-type]
 
 
-def load_reranker(model_dir: str | os.PathLike[str], *, threads: int | None = None, **kwargs: Any) -> Reranker:
-    """Load an exported teacher folder as the right reranker for its ``manifest.kind``.
+def load_reranker(ref: str | os.PathLike[str], *, threads: int | None = None, **kwargs: Any) -> Reranker:
+    """Load a teacher to rerank with: an exported model, a distillation run's teacher, or a teacher spec.
 
     Args:
-        model_dir: an exported model folder (``manifest.json`` with ``kind`` cross- or bi-encoder).
+        ref: one of
+
+            * an exported model folder (``manifest.json`` with ``kind`` cross- or bi-encoder): a
+              :class:`CrossEncoderReranker` or :class:`BiEncoderReranker`;
+            * a distillation run folder (``run.json``): the teacher the run chose, served as a
+              :class:`~esdistill.plugin.teacher_rerank.SpecReranker`;
+            * a teacher spec (holds ``*`` or ``+``, or names ``bm25``, e.g. ``0.5*mpnet+0.5*bm25``)
+              or a packaged model name (``mpnet``): a ``SpecReranker`` of it.
         threads: onnxruntime intra-op threads.
         kwargs: passed to the reranker (``batch_size``; ``cache_size`` for bi-encoders).
 
     Raises:
-        ModelError: the folder is not an exported model (or fails its fingerprint).
+        ModelError: a folder that is neither an export nor a run, or a member that is not exported.
+        ConfigError: a bad spec, or a run folder without a chosen teacher.
 
     Example:
         >>> rr = load_reranker("runs/teacher-onnx")      # doctest: +SKIP
+        >>> rr = load_reranker("runs/scifact")           # doctest: +SKIP
+        >>> rr = load_reranker("0.5*mpnet+0.5*bm25")     # doctest: +SKIP
     """
-    manifest = Manifest.load(model_dir, verify=False)
+    from esdistill.plugin.teacher_rerank import SpecReranker, is_teacher_spec
+
+    text = os.fspath(ref)
+    folder = Path(text).expanduser()
+    if folder.is_dir() and (folder / "run.json").is_file() and not (folder / "manifest.json").is_file():
+        return SpecReranker.from_run(folder, threads=threads, **kwargs)
+    if not folder.is_dir() and is_teacher_spec(text):
+        return SpecReranker.from_spec(text, threads=threads, **kwargs)
+    if not folder.exists():
+        raise ModelError(f"--rerank {text!r} is neither a folder (an exported model, or a distillation run with "
+                         "run.json) nor a teacher spec such as 0.5*mpnet+0.5*bm25; check the path")
+    manifest = Manifest.load(folder, verify=False)
     if manifest.kind == "cross-encoder":
         kwargs.pop("cache_size", None)
-        return CrossEncoderReranker(model_dir, threads=threads, **kwargs)
+        return CrossEncoderReranker(folder, threads=threads, **kwargs)
     if manifest.kind == "bi-encoder":
-        return BiEncoderReranker(model_dir, threads=threads, **kwargs)
-    raise ModelError(f"{model_dir}: manifest kind {manifest.kind!r} cannot rerank")  # pragma: no cover
+        return BiEncoderReranker(folder, threads=threads, **kwargs)
+    raise ModelError(f"{text}: manifest kind {manifest.kind!r} cannot rerank")  # pragma: no cover
 
 
 class CircuitBreaker:
@@ -413,8 +439,11 @@ class RerankStage:
             per_doc = seconds / max(n, 1)
             self._per_doc_s = per_doc if self._per_doc_s is None else 0.7 * self._per_doc_s + 0.3 * per_doc
 
-    def _room(self, want: int, deadline: float) -> int:
-        """How many of the next ``want`` candidates fit before ``deadline`` (0: stop now)."""
+    def _room(self, want: int, deadline: float, *, whole: bool = False) -> int:
+        """How many of the next ``want`` candidates fit before ``deadline`` (0: stop now).
+
+        With ``whole`` (a reranker whose scores depend on the whole list) the answer is ``want`` or
+        0: a head of the list is never scored alone."""
         now = self._clock()
         remaining = deadline - now
         if remaining <= 0:
@@ -424,7 +453,7 @@ class RerankStage:
             if est is None or est <= 0:
                 return want
             fit = int(remaining / est + 1e-6)  # float noise must not cost a whole candidate
-            if fit >= 1:
+            if fit >= want or (fit >= 1 and not whole):
                 return min(want, fit)
             # Not even one candidate fits by the estimate. Re-measure with one candidate at most
             # every ``remeasure_s``, so a teacher that was slow once (a hiccup) is not locked out
@@ -432,7 +461,7 @@ class RerankStage:
             # per interval, not per query.
             if now - self._measured_at >= self.config.remeasure_s:
                 self._measured_at = now
-                return 1
+                return want if whole else 1
             return 0
 
     def run(self, query: str, texts: Sequence[str], *, deadline: float | None = None,
@@ -472,7 +501,8 @@ class RerankStage:
         if not self.breaker.allow():
             outcome.reason = REASON_CIRCUIT
             return RerankResult(student, scores, outcome)
-        # a reranker whose cost hardly grows with the list (one request for all) scores it whole
+        # a reranker that scores the list as a whole (one request for all, or scores normalised over
+        # the list) gets all of it in one call, or nothing when the estimate says it does not fit
         whole = deadline is None or bool(getattr(self.reranker, "whole_list", False))
         chunk = n if whole else self.config.chunk_size
         start = self._clock()
@@ -482,7 +512,7 @@ class RerankStage:
             while done < n:
                 size = min(chunk, n - done)
                 if deadline is not None:
-                    size = self._room(size, deadline)
+                    size = self._room(size, deadline, whole=whole)
                     if size == 0:
                         break
                 part = list(texts[done:done + size])

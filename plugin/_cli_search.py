@@ -130,8 +130,10 @@ def _common(p: argparse.ArgumentParser, *, k: int) -> None:
                    help="retrieval mode (default auto: what `esdistill tune` stored for the index, knn when it "
                         "was never tuned or tuned for another model)")
     p.add_argument("--k", type=int, default=k, help=f"hits per query (default {k})")
-    p.add_argument("--rerank", default=None, metavar="TEACHER_DIR",
-                   help="rerank the top N with this exported teacher (cross- or bi-encoder)")
+    p.add_argument("--rerank", default=None, metavar="TEACHER",
+                   help="rerank the top N with a teacher: an exported cross- or bi-encoder folder, a distillation "
+                        "run folder (the teacher its run.json chose), or a teacher spec such as "
+                        "'0.5*mpnet+0.5*bm25' (bm25 is scored by this index's lexical query)")
     p.add_argument("--rerank-top-n", type=int, default=20, help="candidates the teacher reranks (default 20)")
     p.add_argument("--budget-ms", type=float, default=None,
                    help="per-query deadline; the rerank stops when it is spent (default: none)")

@@ -71,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--index", default=None, help="index or alias to search and ingest into")
     p.add_argument("--model", default=None, metavar="DIR", help="exported student folder (manifest.json + ONNX) or a packaged name (minilm)")
-    p.add_argument("--rerank", default=None, metavar="DIR", help="exported reranker folder (optional)")
+    p.add_argument("--rerank", default=None, metavar="TEACHER",
+                   help="reranker (optional): an exported cross- or bi-encoder folder, a distillation run folder "
+                        "(its chosen teacher) or a teacher spec such as '0.5*mpnet+0.5*bm25'")
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default 8080)")
     p.add_argument("--config", default=None, metavar="FILE", help="settings file (.json or .toml)")

@@ -62,7 +62,9 @@ class ServiceSettings:
     Attributes:
         index: the Elasticsearch index (or alias) to search and ingest into.
         model: the exported student model folder (ONNX, with ``manifest.json``).
-        rerank: an exported reranker folder (cross-encoder or bi-encoder teacher); None: no rerank.
+        rerank: the teacher to rerank with (:func:`~esdistill.plugin.rerank.load_reranker`): an exported
+            cross- or bi-encoder folder, a distillation run folder (its chosen teacher) or a teacher
+            spec such as ``0.5*mpnet+0.5*bm25``; None: no rerank.
         host: interface to bind (``127.0.0.1``; ``0.0.0.0`` inside a container).
         port: TCP port to listen on.
         es_url: Elasticsearch URL; None: ``ESDISTILL_ES_URL`` or the default.

@@ -242,17 +242,19 @@ def resolve_model(ref: str | os.PathLike[str]) -> Path | str:
     return text
 
 
-def _export_dir(key: str) -> Path:
-    return model_cache_dir() / "exports" / f"{PACKAGED_MODELS[key].name}-int8"
+def _export_dir(key: str, quantize: str = "int8") -> Path:
+    return model_cache_dir() / "exports" / f"{PACKAGED_MODELS[key].name}-{'fp32' if quantize == 'none' else quantize}"
 
 
-def exported_model(ref: str | os.PathLike[str]) -> Path:
+def exported_model(ref: str | os.PathLike[str], *, quantize: str = "int8") -> Path:
     """An exported model folder (ONNX + ``manifest.json``) for ``ref``.
 
     Args:
         ref: an exported folder (returned as is), or a packaged name (``minilm``, ``mpnet``):
-            exported to int8 ONNX once into ``<cache>/exports/<name>-int8`` (in a child process,
-            so the runtime never imports torch) and reused afterwards.
+            exported to ONNX once into ``<cache>/exports/<name>-int8`` (``-fp32``) (in a child
+            process, so the runtime never imports torch) and reused afterwards.
+        quantize: for a packaged name, ``int8`` (the student's default) or ``none`` (fp32: a
+            teacher served as it scored at training).
 
     Raises:
         ModelError: ``ref`` is a folder without ``manifest.json``, neither a folder nor a packaged
@@ -274,16 +276,19 @@ def exported_model(ref: str | os.PathLike[str]) -> Path:
         raise ModelError(f"--model {text!r} is neither an exported model folder nor a packaged name "
                          f"({', '.join(sorted(PACKAGED_MODELS))}); export a model with `esdistill export MODEL --out DIR` "
                          "and pass --model DIR")
-    out = _export_dir(key)
+    if quantize not in ("int8", "none"):
+        raise ConfigError(f"quantize={quantize!r}: use 'int8' or 'none'")
+    out = _export_dir(key, quantize)
     if (out / "manifest.json").is_file():
         return out
-    command = f"esdistill export {key} --out {out}"
+    command = f"esdistill export {key}{' --quantize none' if quantize == 'none' else ''} --out {out}"
     if importlib.util.find_spec("torch") is None:
         raise ModelError(f"--model {text}: the packaged model must be exported to ONNX once, which needs the export "
                          f"extra. Run: pip install 'esdistill[export]' && {command} (then --model {text} reuses it)")
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     logger.info("exporting the packaged model %s once into %s (reused afterwards)", key, out)
-    proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "-q", "export", key, "--out", str(tmp)],
+    proc = subprocess.run([sys.executable, "-m", "esdistill.plugin.cli", "-q", "export", key, "--quantize", quantize,
+                           "--out", str(tmp)],
                           check=False, capture_output=True, text=True)
     if proc.returncode != 0 or not (tmp / "manifest.json").is_file():
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,8 @@ candidates in one call or none of them.
 Spec grammar (:func:`parse_teacher_spec`, shared with :func:`~esdistill.export.teachers.build_teacher`):
 members joined by ``+``, each ``[WEIGHT*]NAME`` where NAME is ``bm25``, ``bi:MODEL``, ``ce:MODEL`` or a
 bare MODEL; at query time MODEL is an exported folder or a packaged name (``mpnet``, ``minilm``:
-exported to int8 ONNX once, see :func:`~esdistill.plugin.models.exported_model`).
+exported to fp32 ONNX once, so the teacher scores as it did at training, see
+:func:`~esdistill.plugin.models.exported_model`).
 
 Example::
 
@@ -185,7 +186,7 @@ def _exported_folder(member: SpecMember) -> Path:
             f"side serves ONNX only. Export it once with `esdistill export {member.ref}{kind} --out {out} "
             f"--quantize none` and write '{member.kind + ':' if member.kind else ''}{out}' in the spec")
     if _packaged_key(member.ref) is not None:
-        return exported_model(member.ref)
+        return exported_model(member.ref, quantize="none")  # fp32: the teacher scores as at training
     raise ModelError(f"teacher member {label!r} is neither an exported model folder nor a packaged model name "
                      f"({', '.join(sorted(PACKAGED_MODELS))}); pass an existing folder made by `esdistill export`")
 

@@ -76,6 +76,15 @@ def _spec(args: argparse.Namespace) -> Any:
                      extra_properties=_extra_properties(getattr(args, "mapping", None)))
 
 
+def _teacher(args: argparse.Namespace) -> Any:
+    """The teacher of ``--teacher-vectors`` (checked: a bi-encoder), or ``None``."""
+    if not args.teacher_vectors:
+        return None
+    from esdistill.plugin.teacher_vectors import describe_teacher
+
+    return describe_teacher(args.teacher_vectors)
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload) if args.json else text)
 
@@ -85,12 +94,16 @@ def _create(args: argparse.Namespace) -> int:
     from esdistill.plugin.index import IndexManager
 
     manifest = _manifest(args.model)
+    teacher = _teacher(args)
     mgr = IndexManager(_client(args), args.name)
-    physical = mgr.create(manifest, _spec(args))
+    physical = mgr.create(manifest, _spec(args), teacher=teacher)
+    stored = (f"; teacher vectors of {teacher.name} ({teacher.fingerprint[:12]}…, {teacher.dims} dims) in "
+              f"{teacher.field}" if teacher is not None else "")
     _emit(args, {"alias": args.name, "index": physical, "model": manifest.name,
-                 "model_fingerprint": manifest.fingerprint, "dims": manifest.dims},
+                 "model_fingerprint": manifest.fingerprint, "dims": manifest.dims,
+                 "teacher": teacher.meta_fields() if teacher is not None else None},
           f"created {physical} behind alias {args.name} for model {manifest.name} "
-          f"({manifest.short_fingerprint}…, {manifest.dims} dims, {args.index_options})")
+          f"({manifest.short_fingerprint}…, {manifest.dims} dims, {args.index_options}){stored}")
     return 0
 
 
@@ -121,10 +134,11 @@ def _info(args: argparse.Namespace) -> int:
 def _adopt(args: argparse.Namespace) -> int:
     from esdistill.plugin.index import IndexManager
 
+    teacher = _teacher(args)
     mgr = IndexManager(_client(args), args.name)
     result = mgr.adopt(_encoder(args), text_fields=_fields(args.text_fields), vector_field=args.vector_field,
                        mode="copy" if args.copy else "in-place", index_options=args.index_options,
-                       batch_size=args.batch_size, progress=False if args.no_progress else None)
+                       batch_size=args.batch_size, progress=False if args.no_progress else None, teacher=teacher)
     _emit(args, result.to_dict(), result.format())
     return 0
 
@@ -257,6 +271,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _teacher_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher-vectors", default=None, metavar="TEACHER",
+                   help="also store this bi-encoder teacher's document vectors (exported folder or packaged name, "
+                        "e.g. mpnet), so that `search --rerank` with it embeds one query, no document; "
+                        "every writer (ingest, sync, adopt, reindex) fills them")
+
+
 def _layout(p: argparse.ArgumentParser, *, for_reindex: bool) -> None:
     from esdistill.plugin.index import INDEX_OPTIONS
 
@@ -283,6 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mapping", default=None, metavar="FILE.json",
                    help='more fields to map, e.g. {"properties": {"category": {"type": "keyword"}}} (filters and '
                         "facets on them work from the first document)")
+    _teacher_option(c)
     _layout(c, for_reindex=False)
     _common(c)
     c.set_defaults(func=_create)
@@ -310,6 +332,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
     a.add_argument("--batch-size", type=int, default=256, help="documents per chunk (default 256)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _teacher_option(a)
     _common(a)
     a.set_defaults(func=_adopt)
 

@@ -37,6 +37,8 @@ class EmbedBatch:
         items: whatever the writer needs per document (same order as ``texts``).
         texts: the texts to embed.
         vectors: filled by the pipeline, one row per text.
+        teacher_vectors: filled by the pipeline when it has a teacher (the index stores teacher
+            vectors, :mod:`~esdistill.plugin.teacher_vectors`), one row per text.
         extra: anything else the reader wants the writer to see (documents to copy without a
             vector, counters).
     """
@@ -44,6 +46,7 @@ class EmbedBatch:
     items: list[Any] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     vectors: np.ndarray | None = None
+    teacher_vectors: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,7 +73,8 @@ class _Stop(Exception):
 
 
 def run_pipeline(batches: Iterator[EmbedBatch], encoder: Any, write: Callable[[EmbedBatch], None], *,
-                 dims: int, queue_size: int = 2, on_embed: Callable[[int, float], None] | None = None) -> None:
+                 dims: int, queue_size: int = 2, on_embed: Callable[[int, float], None] | None = None,
+                 teacher: Any = None) -> None:
     """Embed every batch from ``batches`` and hand it to ``write``, the three stages overlapping.
 
     Args:
@@ -79,7 +83,9 @@ def run_pipeline(batches: Iterator[EmbedBatch], encoder: Any, write: Callable[[E
         write: called in a writer thread, in batch order.
         dims: the vector size the index expects.
         queue_size: batches buffered between stages.
-        on_embed: called with ``(texts, seconds)`` after each encoder call.
+        on_embed: called with ``(texts, seconds)`` after each encoder call (the teacher's included).
+        teacher: a :class:`~esdistill.plugin.teacher_vectors.TeacherEmbedder` that also embeds each
+            batch for the index's teacher vector field (``None``: the index stores none).
 
     Raises:
         Exception: the first error of any stage (the writer first finishes what was embedded).
@@ -134,6 +140,8 @@ def run_pipeline(batches: Iterator[EmbedBatch], encoder: Any, write: Callable[[E
             if batch.texts:
                 t0 = time.perf_counter()
                 batch.vectors = _encode(encoder, batch.texts, dims)
+                if teacher is not None:
+                    batch.teacher_vectors = teacher.embed(batch.texts)
                 if on_embed is not None:
                     on_embed(len(batch.texts), time.perf_counter() - t0)
             put(to_write, batch)

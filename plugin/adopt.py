@@ -17,6 +17,10 @@ own writers:
   in ``<name>-000000`` (or the index the alias pointed at) for ``esdistill index rollback`` until
   ``esdistill index prune`` (:mod:`esdistill.plugin._bluegreen`).
 
+With ``teacher`` (``--teacher-vectors``), the index also stores a bi-encoder teacher's document
+vectors in a field of its own (:mod:`esdistill.plugin.teacher_vectors`), filled by the same
+backfill or copy.
+
 Example::
 
     >>> mgr = IndexManager(client, "articles")                                     # doctest: +SKIP
@@ -47,6 +51,7 @@ from esdistill.plugin.sync import SyncSummary, sync_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from esdistill.plugin.index import IndexManager
+    from esdistill.plugin.teacher_vectors import TeacherInfo
 
 __all__ = ["ADOPT_MODES", "AdoptResult", "adopt"]
 
@@ -112,7 +117,7 @@ def _check_fields(index: str, mapping: dict[str, Any], text_fields: tuple[str, .
 
 def adopt(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...], vector_field: str = "embedding",
           mode: str = "in-place", index_options: str | None = None, batch_size: int = 256,
-          progress: bool | None = None) -> AdoptResult:
+          progress: bool | None = None, teacher: TeacherInfo | None = None) -> AdoptResult:
     """Adopt ``mgr``'s index for ``encoder``'s vectors (see the module docstring).
 
     Args:
@@ -124,10 +129,13 @@ def adopt(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...], vect
         index_options: ``dense_vector`` index type (default ``int8_hnsw``).
         batch_size: documents per encoder call and bulk request.
         progress: show a progress bar (default: when stderr is a terminal).
+        teacher: also store this bi-encoder teacher's document vectors
+            (:func:`~esdistill.plugin.teacher_vectors.describe_teacher`).
 
     Raises:
         ConfigError: bad arguments, no such index, a text field is not in its mapping, a field of
-            esdistill's is taken, or ``_source`` is filtered.
+            esdistill's is taken, ``_source`` is filtered, or an earlier adoption recorded other
+            teacher vectors.
         FingerprintError: the index was adopted with another model already (use ``reindex``).
         IngestError: Elasticsearch kept failing, or (copy) a document could not be carried over;
             run the same command again to resume.
@@ -150,20 +158,22 @@ def adopt(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...], vect
         from esdistill.plugin._bluegreen import blue_green
 
         result = blue_green(mgr, encoder, text_fields=text_fields, vector_field=vector_field,
-                            index_options=index_options, batch_size=batch_size, progress=progress, adopting=True)
+                            index_options=index_options, batch_size=batch_size, progress=progress, adopting=True,
+                            teacher=teacher)
         return AdoptResult(alias=mgr.alias, index=result.new_index, mode=mode, seconds=time.perf_counter() - started,
                            copy=result)
     check_source_mapping(current, mapping, action="partial updates",
                          instead="adopting needs every field in _source")
     _add_fields(mgr, current, mapping, encoder, text_fields=text_fields, vector_field=vector_field,
-                index_options=index_options or "int8_hnsw")
+                index_options=index_options or "int8_hnsw", teacher=teacher)
     summary = sync_index(mgr.client, mgr.alias, encoder, batch_size=batch_size, progress=progress)
     return AdoptResult(alias=mgr.alias, index=current, mode=mode, seconds=time.perf_counter() - started,
                        backfill=summary)
 
 
 def _add_fields(mgr: IndexManager, index: str, mapping: dict[str, Any], encoder: Any, *,
-                text_fields: tuple[str, ...], vector_field: str, index_options: str) -> None:
+                text_fields: tuple[str, ...], vector_field: str, index_options: str,
+                teacher: TeacherInfo | None) -> None:
     """The one mapping update of an in-place adoption (skipped when an earlier run made it)."""
     manifest = encoder.manifest
     existing = mapping.get("_meta") or {}
@@ -181,17 +191,25 @@ def _add_fields(mgr: IndexManager, index: str, mapping: dict[str, Any], encoder:
         if (meta.vector_field, tuple(meta.text_fields)) != (vector_field, text_fields):
             raise ConfigError(f"{index!r} was adopted with vector field {meta.vector_field!r} and text fields "
                               f"{','.join(meta.text_fields)}; run adopt with those (or reindex to change them)")
+        if meta.teacher_fingerprint != (teacher.fingerprint if teacher else ""):
+            had = f"teacher vectors of {meta.teacher_name!r}" if meta.teacher_fingerprint else "no teacher vectors"
+            raise ConfigError(f"{index!r} was adopted with {had}; run adopt as before (--teacher-vectors "
+                              f"{meta.teacher_model or 'left out'}), or adopt --copy into a new index to change them")
         logger.info("%s was adopted already; resuming its backfill", index)
         return
-    taken = [f for f in (vector_field, *BOOKKEEPING_PROPERTIES) if f in props]
+    taken = [f for f in (vector_field, *BOOKKEEPING_PROPERTIES, *([teacher.field] if teacher else [])) if f in props]
     if taken:
         raise ConfigError(f"{index!r} has field(s) {taken} of its own, which esdistill needs for its vectors and "
                           "bookkeeping; choose another --vector-field, or adopt --copy into a new index after "
                           "renaming them")
     meta = new_meta(manifest, vector_field=vector_field, text_fields=text_fields, index_options=index_options,
-                    alias=mgr.alias)
+                    alias=mgr.alias, teacher=teacher)
     added = {**BOOKKEEPING_PROPERTIES,
              vector_field: vector_property(manifest, index_options=index_options)}
+    if teacher is not None:
+        from esdistill.plugin.teacher_vectors import teacher_property
+
+        added[teacher.field] = teacher_property(teacher)
     mgr.client.indices.put_mapping(index=index, properties=added, meta=merged_meta(existing, meta))
     logger.info("added %s (%d dims, %s) and esdistill's bookkeeping fields to %s", vector_field, manifest.dims,
                 index_options, index)

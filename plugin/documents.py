@@ -37,6 +37,7 @@ from esdistill.plugin._errors import ConfigError
 __all__ = [
     "OP_FIELD",
     "RESERVED_FIELDS",
+    "TEACHER_VECTOR_FIELD",
     "BadDocument",
     "DocumentSpec",
     "PreparedDocument",
@@ -53,8 +54,11 @@ __all__ = [
 
 #: a record ``{"_id": ..., "_op": "delete"}`` deletes that document (``"index"``, the default, indexes it)
 OP_FIELD = "_op"
-#: fields esdistill writes into every document (plus the index's vector field)
-RESERVED_FIELDS = ("content_hash", "model_fingerprint")
+#: where an index made with ``--teacher-vectors`` keeps each document's teacher vector
+#: (:mod:`esdistill.plugin.teacher_vectors`)
+TEACHER_VECTOR_FIELD = "esdistill_teacher_vector"
+#: fields esdistill writes into documents (plus the index's vector field): never hashed, never shown in hits
+RESERVED_FIELDS = ("content_hash", "model_fingerprint", TEACHER_VECTOR_FIELD)
 #: Elasticsearch refuses ids longer than this many UTF-8 bytes
 _MAX_ID_BYTES = 512
 #: how much of an offending line a dead-letter entry keeps

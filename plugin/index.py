@@ -44,6 +44,7 @@ from esdistill.plugin.manifest import Manifest
 if TYPE_CHECKING:  # pragma: no cover
     from esdistill.plugin._copy import CopySummary
     from esdistill.plugin.adopt import AdoptResult
+    from esdistill.plugin.teacher_vectors import TeacherInfo
 
 __all__ = [
     "INDEX_OPTIONS",
@@ -145,7 +146,12 @@ class IndexSpec:
 
 @dataclass
 class IndexMeta:
-    """What an esdistill physical index says about itself (its mapping ``_meta``)."""
+    """What an esdistill physical index says about itself (its mapping ``_meta``).
+
+    The ``teacher_*`` fields are set on an index that stores a bi-encoder teacher's document vectors
+    (``--teacher-vectors``, :mod:`esdistill.plugin.teacher_vectors`); they are empty otherwise, and in
+    indices made before them.
+    """
 
     model_fingerprint: str
     model_name: str
@@ -162,6 +168,11 @@ class IndexMeta:
     esdistill_format: int = META_FORMAT
     building: bool = False
     write_blocked: str | None = None
+    teacher_model: str = ""
+    teacher_fingerprint: str = ""
+    teacher_name: str = ""
+    teacher_dims: int = 0
+    teacher_vector_field: str = ""
 
     def to_meta(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -308,20 +319,24 @@ def vector_property(manifest: Manifest, *, index_options: str, m: int | None = N
 
 
 def new_meta(manifest: Manifest, *, vector_field: str, text_fields: tuple[str, ...], index_options: str,
-             alias: str, previous_index: str | None = None, building: bool = False) -> IndexMeta:
-    """The esdistill meta of an index that holds ``manifest``'s vectors, stamped now."""
+             alias: str, previous_index: str | None = None, building: bool = False,
+             teacher: TeacherInfo | None = None) -> IndexMeta:
+    """The esdistill meta of an index that holds ``manifest``'s vectors (and ``teacher``'s, when
+    given), stamped now."""
     return IndexMeta(
         model_fingerprint=manifest.fingerprint, model_name=manifest.name, dims=int(manifest.dims),
         similarity=manifest.similarity, vector_field=vector_field, text_fields=tuple(text_fields),
         index_options=index_options, alias=alias, quantization=manifest.quantization,
         max_seq_length=int(manifest.max_seq_length), previous_index=previous_index,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), building=building,
+        **(teacher.meta_fields() if teacher is not None else {}),
     )
 
 
 def build_index_body(manifest: Manifest, spec: IndexSpec, *, alias: str = "",
-                     previous_index: str | None = None) -> dict[str, Any]:
-    """The ``settings`` and ``mappings`` of a physical index for ``manifest``'s vectors.
+                     previous_index: str | None = None, teacher: TeacherInfo | None = None) -> dict[str, Any]:
+    """The ``settings`` and ``mappings`` of a physical index for ``manifest``'s vectors (and a
+    field for ``teacher``'s document vectors, when given).
 
     Example:
         >>> body = build_index_body(manifest, IndexSpec(index_options="hnsw"))   # doctest: +SKIP
@@ -331,12 +346,16 @@ def build_index_body(manifest: Manifest, spec: IndexSpec, *, alias: str = "",
     vector = vector_property(manifest, index_options=spec.index_options, m=spec.m,
                              ef_construction=spec.ef_construction)
     meta = new_meta(manifest, vector_field=spec.vector_field, text_fields=spec.text_fields,
-                    index_options=spec.index_options, alias=alias, previous_index=previous_index)
+                    index_options=spec.index_options, alias=alias, previous_index=previous_index, teacher=teacher)
     properties: dict[str, Any] = dict(spec.extra_properties)
     for name in spec.text_fields:
         properties[name] = {"type": "text", "analyzer": spec.analyzer}
     properties.update(BOOKKEEPING_PROPERTIES)
     properties[spec.vector_field] = vector
+    if teacher is not None:
+        from esdistill.plugin.teacher_vectors import teacher_property
+
+        properties[teacher.field] = teacher_property(teacher)
     return {
         "settings": {"index": {"number_of_shards": spec.number_of_shards,
                                "number_of_replicas": spec.number_of_replicas}},
@@ -539,8 +558,9 @@ class IndexManager:
                 from None
         return name
 
-    def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None) -> str:
-        body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous)
+    def _create_physical(self, manifest: Manifest, spec: IndexSpec, previous: str | None,
+                         teacher: TeacherInfo | None = None) -> str:
+        body = build_index_body(manifest, spec, alias=self.alias, previous_index=previous, teacher=teacher)
         name = self.create_physical(self._next_name(), settings=body["settings"], mappings=body["mappings"],
                                     what=f"the index settings (index_options={spec.index_options!r}, "
                                          f"dims={manifest.dims})")
@@ -548,8 +568,15 @@ class IndexManager:
                     manifest.short_fingerprint, manifest.dims, spec.index_options)
         return name
 
-    def create(self, manifest: Manifest, spec: IndexSpec | None = None) -> str:
+    def create(self, manifest: Manifest, spec: IndexSpec | None = None, *, teacher: TeacherInfo | None = None) -> str:
         """Create ``<alias>-000001`` for ``manifest``'s vectors and point the alias at it.
+
+        Args:
+            manifest: the student model's manifest.
+            spec: the layout (default :class:`IndexSpec`).
+            teacher: also store this bi-encoder teacher's document vectors
+                (:func:`~esdistill.plugin.teacher_vectors.describe_teacher`), so that its rerank
+                embeds no document.
 
         Returns:
             The physical index name.
@@ -563,7 +590,7 @@ class IndexManager:
                 f"index {self.alias!r} exists already (see `esdistill index info {self.alias}`); to move it to "
                 f"another model use `esdistill index reindex {self.alias} --model DIR`"
             )
-        name = self._create_physical(manifest, spec or IndexSpec(), previous=None)
+        name = self._create_physical(manifest, spec or IndexSpec(), previous=None, teacher=teacher)
         self._point_alias_at(name, current=[])
         return name
 
@@ -593,7 +620,8 @@ class IndexManager:
         and a per-document verification (id and version), then the alias moves in one atomic call
         (see :mod:`esdistill.plugin._copy`). The old index stays for :meth:`rollback`. A concrete
         index of the alias's name (adopted in place) is replaced by the alias; its data is kept in
-        the clone ``<alias>-000000``.
+        the clone ``<alias>-000000``. An index that stores teacher vectors keeps them: the new
+        version stores the same teacher's vectors, embedded again from each document's text.
 
         Args:
             encoder: the new model (an ``OnnxEncoder``; its manifest goes into the new index).
@@ -617,21 +645,24 @@ class IndexManager:
 
         old = self.current()
         old_meta = self.meta(old)
+        from esdistill.plugin.teacher_vectors import TeacherInfo
+
         return blue_green(self, encoder, text_fields=old_meta.text_fields, vector_field=old_meta.vector_field,
                           index_options=index_options, m=m, ef_construction=ef_construction,
                           number_of_replicas=number_of_replicas, batch_size=batch_size, page_size=page_size,
-                          progress=progress)
+                          progress=progress, teacher=TeacherInfo.from_meta(old_meta))
 
     def adopt(self, encoder: Any, *, text_fields: tuple[str, ...] | list[str], vector_field: str = "embedding",
               mode: str = "in-place", index_options: str | None = None, batch_size: int = 256,
-              progress: bool | None = None) -> AdoptResult:
+              progress: bool | None = None, teacher: TeacherInfo | None = None) -> AdoptResult:
         """Make an index esdistill did not create searchable by ``encoder``'s vectors.
 
         ``mode="in-place"`` adds the vector field and esdistill's bookkeeping fields to the
         existing mapping and backfills vectors with conditional partial updates; ``mode="copy"``
         copies the index blue/green into ``<alias>-000001`` with its whole mapping and settings
         plus the vector field, and replaces a concrete index of this name by an alias of the same
-        name. See :mod:`esdistill.plugin.adopt`.
+        name. With ``teacher``, the index also stores that bi-encoder teacher's document vectors.
+        See :mod:`esdistill.plugin.adopt`.
 
         Raises:
             ConfigError: no such index, a text field is not in its mapping, or a field clashes.
@@ -640,12 +671,13 @@ class IndexManager:
         from esdistill.plugin.adopt import adopt
 
         return adopt(self, encoder, text_fields=tuple(text_fields), vector_field=vector_field, mode=mode,
-                     index_options=index_options, batch_size=batch_size, progress=progress)
+                     index_options=index_options, batch_size=batch_size, progress=progress, teacher=teacher)
 
     def unfinished_copy(self, source: str, manifest: Manifest, *, vector_field: str,
-                        text_fields: tuple[str, ...], index_options: str | None) -> str | None:
+                        text_fields: tuple[str, ...], index_options: str | None,
+                        teacher_fingerprint: str = "") -> str | None:
         """A newer version left ``building`` by an interrupted copy of ``source`` with the same
-        model and layout (a version that ever took the alias is never reused)."""
+        model, teacher vectors and layout (a version that ever took the alias is never reused)."""
         for name in reversed(self.versions()):
             if name == source:
                 continue
@@ -655,6 +687,7 @@ class IndexManager:
                 continue
             if (meta.building and meta.previous_index == source and meta.model_fingerprint == manifest.fingerprint
                     and meta.vector_field == vector_field and tuple(meta.text_fields) == tuple(text_fields)
+                    and meta.teacher_fingerprint == teacher_fingerprint
                     and (index_options is None or meta.index_options == index_options)):
                 return name
         return None

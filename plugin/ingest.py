@@ -27,6 +27,9 @@ that embeds::
   reported (``IngestSummary.duplicates``, a warning per id for the first few): the later record
   replaces the earlier one, as an ``index`` action does. They are counted within the records a run
   reads (a resumed run does not see the ids of the part it skipped).
+- **Teacher vectors**: an index created with ``--teacher-vectors`` gets each embedded document's
+  teacher vector too (:mod:`~esdistill.plugin.teacher_vectors`); a skipped unchanged document keeps
+  the one it has.
 - **Deletes**: a record ``{"_id": "d1", "_op": "delete"}`` deletes that document, in input order
   (a later record with the same id indexes it again); :meth:`IngestHook.delete` deletes by id.
 
@@ -69,6 +72,7 @@ from esdistill.plugin.documents import (
     read_jsonl,
 )
 from esdistill.plugin.index import IndexManager
+from esdistill.plugin.teacher_vectors import teacher_embedder
 
 __all__ = ["IngestHook", "IngestSummary", "RetryPolicy", "default_checkpoint_path"]
 
@@ -210,6 +214,7 @@ class _Chunk:
     to_embed: list[tuple[Record, PreparedDocument]] = field(default_factory=list)
     unchanged: int = 0
     vectors: np.ndarray | None = None
+    teacher_vectors: np.ndarray | None = None
     truncated: np.ndarray | None = None
     duplicates: list[tuple[Record, str]] = field(default_factory=list)  # record, id already seen
     deletes: list[tuple[Record, str]] = field(default_factory=list)  # record, id to delete
@@ -282,6 +287,7 @@ class IngestHook:
         manager = IndexManager(client, index)
         self.meta = manager.check_model(self.manifest)
         self.index = manager.current()
+        self.teacher = teacher_embedder(self.meta)
         fields_ = tuple(text_fields) if text_fields is not None else self.meta.text_fields
         if set(fields_) - set(self.meta.text_fields):
             logger.warning("text fields %s are not mapped as text in %s (mapped: %s): they are embedded and "
@@ -609,6 +615,8 @@ class IngestHook:
                 else:
                     vectors = self.encoder.encode(texts, kind="document", batch_size=self.encode_batch_size)
                     truncated = np.zeros(len(texts), dtype=bool)
+                if self.teacher is not None:
+                    chunk.teacher_vectors = self.teacher.embed(texts)
                 summary.embed_seconds += time.perf_counter() - t0
                 chunk.vectors = np.asarray(vectors, dtype=np.float32)
                 chunk.truncated = np.asarray(truncated, dtype=bool)
@@ -624,7 +632,9 @@ class IngestHook:
         while (chunk := self._get(inp)) is not _END:
             rejected: list[tuple[int, str]] = []
             if chunk.to_embed:
-                lines = [self._line(doc, vec) for (_, doc), vec in zip(chunk.to_embed, chunk.vectors)]
+                teacher = chunk.teacher_vectors if chunk.teacher_vectors is not None else [None] * len(chunk.to_embed)
+                lines = [self._line(doc, vec, tvec)
+                         for (_, doc), vec, tvec in zip(chunk.to_embed, chunk.vectors, teacher)]
                 outcome = send_bulk(self.client, self.index, lines, policy=self.retry, stop=self._stop,
                                     request_timeout=self.request_timeout, on_retry=lambda: self._bump(summary),
                                     max_bytes=self.max_bulk_bytes)
@@ -703,17 +713,21 @@ class IngestHook:
         with self._count_lock:
             summary.retries += 1
 
-    def _line(self, doc: PreparedDocument, vector: np.ndarray) -> bytes:
+    def _line(self, doc: PreparedDocument, vector: np.ndarray, teacher_vector: np.ndarray | None = None) -> bytes:
         source = dict(doc.source)
         source["content_hash"] = doc.content_hash
         source["model_fingerprint"] = self.manifest.fingerprint
-        if self.vector_format == "base64":
-            source[self.meta.vector_field] = base64.b64encode(vector.astype(">f4").tobytes()).decode("ascii")
-        else:
-            source[self.meta.vector_field] = vector.tolist()
+        source[self.meta.vector_field] = self._vector(vector)
+        if teacher_vector is not None and self.teacher is not None:
+            source[self.teacher.field] = self._vector(teacher_vector)
         action = json.dumps({"index": {"_id": doc.id}}, ensure_ascii=False)
         body = json.dumps(source, ensure_ascii=False, separators=(",", ":"))
         return f"{action}\n{body}\n".encode()
+
+    def _vector(self, vector: np.ndarray) -> Any:
+        if self.vector_format == "base64":
+            return base64.b64encode(vector.astype(">f4").tobytes()).decode("ascii")
+        return vector.tolist()
 
 
 def _dead_entry(rec: Record, doc_id: Any, reason: str, stage: str) -> dict[str, Any]:

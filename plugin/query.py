@@ -65,6 +65,7 @@ from esdistill.plugin.rerank import (
     RerankResult,
     RerankStage,
 )
+from esdistill.plugin.teacher_vectors import TeacherInfo
 from esdistill.plugin.tune import AUTO, resolve_auto, stored_choice
 
 __all__ = ["MODES", "Hit", "QueryConfig", "QueryHook", "SearchResponse"]
@@ -329,6 +330,7 @@ class QueryHook:
         self.text_fields: tuple[str, ...] = _DEFAULT_TEXT_FIELDS
         self._tuned: dict[str, Any] | None = None  # what `esdistill tune` stored: mode="auto" runs it
         self.similarity = "cosine"
+        self.teacher_vectors: TeacherInfo | None = None  # the teacher whose document vectors the index stores
         # a reranker that reads the index (stored teacher vectors, BM25 scores from Elasticsearch)
         # gets this hook once: its client, index and lexical query
         attach = getattr(reranker, "attach", None)
@@ -352,7 +354,9 @@ class QueryHook:
         Args:
             index: index or alias name.
             model: exported student folder (``None`` for BM25 only).
-            rerank_model: exported teacher folder (cross- or bi-encoder), or ``None``.
+            rerank_model: exported teacher folder (cross- or bi-encoder), or ``None``. A bi-encoder
+                teacher reads the index's stored teacher vectors when they are its own
+                (:class:`~esdistill.plugin.teacher_vectors.StoredTeacherReranker`).
             client: an Elasticsearch client (default :func:`esdistill.plugin.connect`).
             threads: onnxruntime threads for the student and teacher.
             kwargs: passed to :class:`QueryHook` (``ab``, ``exposure_log``, ``config``).
@@ -371,8 +375,9 @@ class QueryHook:
         reranker = None
         if rerank_model is not None:
             from esdistill.plugin.rerank import load_reranker
+            from esdistill.plugin.teacher_vectors import with_stored_vectors
 
-            reranker = load_reranker(rerank_model, threads=threads)
+            reranker = with_stored_vectors(load_reranker(rerank_model, threads=threads))
         return cls(client if client is not None else connect(), index, encoder, reranker=reranker, **kwargs)
 
     # -------------------------------------------------------------------------------- the index
@@ -474,6 +479,7 @@ class QueryHook:
         fields_ = meta.get("text_fields") or nested.get("text_fields") or _DEFAULT_TEXT_FIELDS
         self.text_fields = tuple(str(f) for f in fields_)
         self.similarity = str(meta.get("similarity") or nested.get("similarity") or "cosine")
+        self.teacher_vectors = TeacherInfo.from_meta(meta)
         if self.encoder is None or not self.config.check_fingerprint:
             return
         if not fingerprint:

@@ -110,8 +110,10 @@ class ServiceState:
         self.reranker = None
         if settings.rerank:
             from esdistill.plugin.rerank import load_reranker
+            from esdistill.plugin.teacher_vectors import with_stored_vectors
 
-            self.reranker = load_reranker(settings.rerank, threads=settings.threads)
+            # a bi-encoder teacher reads the index's stored teacher vectors when they are its own
+            self.reranker = with_stored_vectors(load_reranker(settings.rerank, threads=settings.threads))
         self.ab = None
         if settings.ab_rerank_share is not None:
             from esdistill.plugin.ab import ABTest

@@ -24,6 +24,10 @@ Example::
     >>> summary = sync_index(client, "articles", OnnxEncoder("runs/minilm-int8"))   # doctest: +SKIP
     >>> summary.embedded, summary.missing, summary.stale                          # doctest: +SKIP
     (20, 10, 10)
+
+An index that stores a bi-encoder teacher's document vectors (``--teacher-vectors``,
+:mod:`~esdistill.plugin.teacher_vectors`) gets both vectors in the same partial update: a document
+re-embedded by the student is re-embedded by the teacher too.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from esdistill.plugin.documents import (
     text_hash,
     vector_is_current,
 )
+from esdistill.plugin.teacher_vectors import TEACHER_VECTOR_FIELD, teacher_embedder
 
 __all__ = ["SyncSummary", "VectorHealth", "classify", "sync_index", "vector_health"]
 
@@ -230,10 +235,10 @@ def vector_health(client: Any, index: str, *, exact_limit: int = 10_000, sample:
     exact = with_vector <= exact_limit
     if exact:
         hits: Any = scan(client, physical, policy=policy, query=_check_query(meta.vector_field, only_with_vector=True),
-                         source_excludes=[meta.vector_field], what="vector check", restart=False)
+                         source_excludes=[meta.vector_field, TEACHER_VECTOR_FIELD], what="vector check", restart=False)
     else:
         resp = call_with_retry(lambda: client.search(
-            index=physical, size=sample, source_excludes=[meta.vector_field],
+            index=physical, size=sample, source_excludes=[meta.vector_field, TEACHER_VECTOR_FIELD],
             query={"function_score": {"query": _check_query(meta.vector_field, only_with_vector=True),
                                       "random_score": {}, "boost_mode": "replace"}}),
             what=f"sample {physical}", policy=policy)
@@ -269,6 +274,8 @@ class _Sync:
         self.progress = progress
         self.refresh = refresh
         self.fmt = vector_format(client)
+        self.teacher = teacher_embedder(self.meta)
+        self.excludes = [self.meta.vector_field, *([self.teacher.field] if self.teacher is not None else [])]
         self.summary = SyncSummary(index=self.index, model=self.manifest.name,
                                    model_fingerprint=self.manifest.fingerprint, failed=[])
         self.conflicted: list[str] = []
@@ -306,9 +313,11 @@ class _Sync:
     def write(self, batch: EmbedBatch) -> None:
         assert batch.vectors is not None
         lines = []
-        for (doc_id, seq_no, term, routing, thash), vec in zip(batch.items, batch.vectors):
+        for pos, ((doc_id, seq_no, term, routing, thash), vec) in enumerate(zip(batch.items, batch.vectors)):
             body = {"doc": {self.meta.vector_field: vector_value(vec, self.fmt), "content_hash": thash,
                             "model_fingerprint": self.manifest.fingerprint}}
+            if self.teacher is not None and batch.teacher_vectors is not None:
+                body["doc"][self.teacher.field] = vector_value(batch.teacher_vectors[pos], self.fmt)
             lines.append(action_line("update", doc_id, source=body, if_seq_no=seq_no, if_primary_term=term,
                                      routing=routing))
         outcomes = bulk_outcomes(self.client, self.index, lines, policy=self.policy)
@@ -337,7 +346,7 @@ class _Sync:
             query["bool"]["filter"] = [{"ids": {"values": chunk}}]
             size = len(chunk)
             resp = call_with_retry(lambda query=query, size=size: self.client.search(
-                index=self.index, size=size, query=query, source_excludes=[self.meta.vector_field],
+                index=self.index, size=size, query=query, source_excludes=self.excludes,
                 seq_no_primary_term=True), what=f"re-read from {self.index}", policy=self.policy)
             hits = resp["hits"]["hits"]
             with self._lock:
@@ -355,10 +364,10 @@ class _Sync:
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         with tqdm(total=total, unit="doc", desc=f"sync {self.index}", disable=not show, dynamic_ncols=True) as bar:
             hits = scan(self.client, self.index, policy=self.policy, page_size=self.page_size,
-                        query=_check_query(self.meta.vector_field), source_excludes=[self.meta.vector_field],
+                        query=_check_query(self.meta.vector_field), source_excludes=self.excludes,
                         seq_no_primary_term=True, what="sync")
             run_pipeline(self.batches(hits, bar), self.encoder, self.write, dims=int(self.meta.dims),
-                         on_embed=self.on_embed)
+                         on_embed=self.on_embed, teacher=self.teacher)
             for _ in range(_CONFLICT_ROUNDS):
                 if not self.conflicted:
                     break
@@ -367,7 +376,7 @@ class _Sync:
                             len(ids))
                 checked_before = self.summary.checked
                 run_pipeline(self.batches(self.reread(ids), bar), self.encoder, self.write,
-                             dims=int(self.meta.dims), on_embed=self.on_embed)
+                             dims=int(self.meta.dims), on_embed=self.on_embed, teacher=self.teacher)
                 self.summary.checked = checked_before  # a re-read is not a new document
         self.summary.still_changing = len(set(self.conflicted))
         if self.refresh:

@@ -7,7 +7,8 @@ On a real Elasticsearch node and the packaged models it measures, for every coll
 * **Quality** (test split; nDCG@10, Recall@100, MRR@10, per-query wins/losses against the shipped
   student): BM25, the shipped student (int8 ONNX), the distilled student (torch fp32 exact search,
   ONNX fp32 on a ``flat`` index, ONNX int8 on ``flat`` and on ``int8_hnsw``), hybrid (BM25 + the
-  distilled student), and the teacher's rerank of the student's top 20 (and top 100 in a full run).
+  distilled student), the teacher's rerank of the student's top 20 (and top 100 in a full run), and
+  the distillation run's own teacher spec (``0.5*mpnet+0.5*bm25``, say) reranking the same top 20.
 * **Speed** on the same texts, one run: encoder docs/s by text length (sentence-transformers torch
   fp32, sentence-transformers' own ONNX int8 backend, esdistill ONNX fp32 and int8), ingest docs/s,
   query latency p50/p95/p99 (knn, hybrid, knn+rerank), the teacher's cost per query, and the memory
@@ -527,6 +528,7 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
         run(label, hook, mode="knn", rerank=True)
         systems[label]["first_stage"] = base
         systems[label]["top_n"] = depth
+    _spec_rerank_row(run, student_hook, distill_summary, cfg, reranker, systems, base, notes)
 
     ref = systems["student_shipped"]["_per_query"]
     for label, s in systems.items():
@@ -536,6 +538,31 @@ def _evaluate_collection(folder: Path, name: str, cfg: BenchConfig, client: Any,
         s.pop("_per_query", None)
     return {"systems": systems, "indices": indices, "vector_memory": memory, "notes": notes,
             "first_stage_for_rerank": base}
+
+
+def _spec_rerank_row(run: Callable[..., None], student_hook: Any, summary: dict[str, Any] | None, cfg: BenchConfig,
+                     teacher: Any, systems: dict[str, Any], base: str, notes: list[str]) -> None:
+    """``spec_rerank``: the distillation run's own teacher spec (``run.json`` ``teacher.chosen``, e.g.
+    ``0.5*mpnet+0.5*bm25``) reranking the student's top N, as ``--rerank RUN`` serves it; the bench's
+    teacher (``cfg.teacher``) is the same loaded model as the ``teacher_rerank`` rows."""
+    from esdistill.plugin import ConfigError, ModelError, QueryConfig, QueryHook
+    from esdistill.plugin.rerank import RerankConfig
+    from esdistill.plugin.teacher_rerank import SpecReranker
+
+    spec = ((summary or {}).get("teacher") or {}).get("chosen")
+    if not spec:
+        return
+    depth = (cfg.rerank_depths or (20,))[0]
+    try:
+        reranker = SpecReranker.from_spec(spec, threads=cfg.threads, cache_size=200_000, loaded={cfg.teacher: teacher})
+    except (ConfigError, ModelError) as exc:
+        notes.append(f"the run's teacher spec {spec!r} cannot be served at query time, so its rerank row is left "
+                     f"out: {exc}")
+        return
+    hook = QueryHook(student_hook.client, student_hook.index, student_hook.encoder, reranker=reranker,
+                     config=QueryConfig(rerank=RerankConfig(top_n=depth)))
+    run("spec_rerank", hook, mode="knn", rerank=True)
+    systems["spec_rerank"].update(first_stage=base, top_n=depth, spec=spec)
 
 
 def _query_encoder_rows(run: Callable[..., None], client: Any, folder: Path, name: str, tag: str,

@@ -22,6 +22,7 @@ SYSTEM_LABELS = {
     "hybrid": "hybrid: BM25 + student (RRF)",
     "teacher_rerank": "student + teacher rerank",
     "teacher_rerank_top100": "student + teacher rerank top 100",
+    "spec_rerank": "student + the run's teacher spec rerank",
 }
 _FRONTIER = ("bm25", "student_shipped", "student_distilled_int8", "hybrid", "teacher_rerank",
              "teacher_rerank_top100")
@@ -139,6 +140,7 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
             wl_text = f"{wl['wins']}/{wl['losses']}/{wl['ties']}" if wl else "-"
             lat = s.get("latency_ms", {})
             label = (f"student + teacher rerank top {s['top_n']}" if key.startswith("teacher_rerank")
+                     else f"student + the run's teacher `{s['spec']}` rerank top {s['top_n']}" if key == "spec_rerank"
                      else SYSTEM_LABELS.get(key, key))
             lines.append(f"| {label} | {_fmt(s['ndcg@10'])} | {_fmt(s['recall@100'])} | "
                          f"{_fmt(s['mrr@10'])} | {s['queries']} | {wl_text} | {_fmt(lat.get('p50'), 1)} | "

@@ -40,7 +40,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -256,7 +256,8 @@ class SpecReranker:
 
     @classmethod
     def from_spec(cls, spec: str, *, normalization: str = "zscore", threads: int | None = None,
-                  batch_size: int = 32, cache_size: int = 20_000) -> SpecReranker:
+                  batch_size: int = 32, cache_size: int = 20_000,
+                  loaded: Mapping[str, Any] | None = None) -> SpecReranker:
         """Load every member of ``spec`` (see :func:`parse_teacher_spec`).
 
         Args:
@@ -265,6 +266,9 @@ class SpecReranker:
             threads: onnxruntime intra-op threads of the model members.
             batch_size: texts (or pairs) per ONNX call.
             cache_size: candidate embeddings each bi-encoder member keeps.
+            loaded: rerankers already loaded, by the model reference as the spec writes it
+                (``{"mpnet": rr}``): used for those members instead of loading them again, so a
+                benchmark's teacher rows share one model and its embedding cache.
 
         Raises:
             ConfigError: a bad spec. ModelError: a member is not an exported model (the message
@@ -272,7 +276,8 @@ class SpecReranker:
         """
         parsed = parse_teacher_spec(spec)
         try:
-            members = [(m.weight, _load_member(m, threads=threads, batch_size=batch_size, cache_size=cache_size))
+            members = [(m.weight, (loaded or {}).get(m.ref) or _load_member(m, threads=threads, batch_size=batch_size,
+                                                                          cache_size=cache_size))
                        for m in parsed]
         except ModelError as exc:
             raise ModelError(f"teacher spec {spec!r}: {exc}") from None

@@ -20,6 +20,9 @@ What it needs, and builds when missing (building needs the ``export`` extra, onc
 * the teacher: ``--teacher DIR`` (any exported cross- or bi-encoder), default the packaged
   all-mpnet-base-v2 exported to fp32 ONNX and served as a bi-encoder teacher (fp32, so that the
   teacher's scores are the source model's).
+
+``--teacher-spec 0.5*mpnet+0.5*bm25`` adds a row reranked by a distillation run's teacher spec
+(:class:`~esdistill.plugin.teacher_rerank.SpecReranker`) over the same ``--rerank-queries``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,21 @@ def run_config(
     }
 
 
+def spec_rerank_row(client: Any, index: str, encoder: Any, config: Any, spec: str, queries: list[tuple[str, str]], *,
+                    k: int, threads: int | None, loaded: dict[str, Any]) -> dict[str, Any]:
+    """kNN + the rerank by a teacher spec (``0.5*mpnet+0.5*bm25``: what ``--rerank RUN`` serves for a
+    distillation run that chose it) over ``queries``, no budget; ``loaded`` shares already loaded
+    members (the plain teacher) with the spec."""
+    from esdistill.plugin.query import QueryHook
+    from esdistill.plugin.teacher_rerank import SpecReranker
+
+    reranker = SpecReranker.from_spec(spec, threads=threads, loaded=loaded)
+    hook = QueryHook(client, index, encoder, reranker=reranker, config=config)
+    res = run_config(hook, queries, mode="knn", rerank=True, k=k, budget_ms=None)
+    res["spec"] = spec
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esdistill.deploy.bench_query", description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, metavar="DIR",
@@ -121,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None,
                    help="exported teacher folder (default: packaged mpnet, fp32, as a bi-encoder teacher)")
     p.add_argument("--no-rerank", action="store_true", help="skip the knn+rerank configurations")
+    p.add_argument("--teacher-spec", default=None, metavar="SPEC",
+                   help="also rerank with this teacher spec (e.g. '0.5*mpnet+0.5*bm25', a distillation run's "
+                        "teacher.chosen) over the --rerank-queries; without --teacher, its mpnet is the default teacher's "
+                        "loaded model (and embedding cache)")
     p.add_argument("--queries", type=int, default=300, help="test queries for knn and hybrid (default 300)")
     p.add_argument("--rerank-queries", type=int, default=300,
                    help="test queries for knn+rerank without a budget (default 300; a CPU teacher can take "
@@ -164,17 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         hook = QueryHook(client, args.index, hook.encoder, reranker=load_reranker(teacher, threads=args.threads),
                          config=config)
         plans.append(("knn", True, None, args.rerank_queries))
+        if args.teacher_spec:
+            plans.append(("spec", True, None, args.rerank_queries))
         if args.budget_ms:  # bounded by the budget, so it runs over all the queries
             plans.append(("knn", True, args.budget_ms, args.queries))
 
     results = []
     for mode, rerank, budget, n in plans:
-        res = run_config(hook, items[:n], mode=mode, rerank=rerank, k=args.k, budget_ms=budget)
+        if mode == "spec":
+            res = spec_rerank_row(client, args.index, hook.encoder, config, args.teacher_spec, items[:n], k=args.k,
+                                  threads=args.threads, loaded={} if args.teacher else {"mpnet": hook.reranker})
+        else:
+            res = run_config(hook, items[:n], mode=mode, rerank=rerank, k=args.k, budget_ms=budget)
         qrels = {q: coll.qrels[q] for q, _ in items[:n]}
         res["ndcg@10"] = compute_metrics(res.pop("_run"), qrels)[0]["ndcg@10"]
         results.append(res)
         lat, st = res["latency_ms"], res["stage_ms"]
-        label = mode + ("+rerank" if rerank else "") + (f" (budget {budget:g} ms)" if budget else "")
+        label = (f"knn+{args.teacher_spec}" if mode == "spec"
+                 else mode + ("+rerank" if rerank else "") + (f" (budget {budget:g} ms)" if budget else ""))
         line = (f"{label:<28} n={res['queries']:<4} p50 {lat['p50']:7.1f}  p95 {lat['p95']:7.1f}  "
                 f"p99 {lat['p99']:7.1f} ms | embed {st['embed']:.1f} es {st['es']:.1f} fuse {st['fuse']:.2f} "
                 f"rerank {st['rerank']:.1f} | nDCG@10 {res['ndcg@10']:.4f}")

@@ -55,6 +55,7 @@ def test_a_yellow_single_node_is_accepted_running_or_launched(node):
     assert st.health == "yellow" and st.pid is not None and _alive(st.pid)
 
 
+@pytest.mark.slow  # it waits out a launch timeout on a red node (about 2 minutes)
 def test_a_node_that_answers_but_stays_red_is_left_running(node):
     es = connect(node.url)
     try:

@@ -23,6 +23,12 @@ What it needs, and builds when missing (building needs the ``export`` extra, onc
 
 ``--teacher-spec 0.5*mpnet+0.5*bm25`` adds a row reranked by a distillation run's teacher spec
 (:class:`~esdistill.plugin.teacher_rerank.SpecReranker`) over the same ``--rerank-queries``.
+
+``--teacher-vectors`` adds the rows ``knn_rerank`` and ``knn_rerank_teacher_vectors`` measured side
+by side (:func:`teacher_vectors_latency`): the same bi-encoder teacher reranks the top N, once by
+embedding the candidates' texts (today's path, its cache off) and once from the teacher vectors
+stored at ingest (:mod:`esdistill.plugin.teacher_vectors`), on an index made with
+``--teacher-vectors`` (``<index>-tv``; ``--tv-docs`` limits the documents it holds).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 from esdistill.plugin.models import user_cache_dir
 
-__all__ = ["main", "run_config"]
+__all__ = ["main", "run_config", "teacher_vectors_latency"]
 
 logger = logging.getLogger("esdistill.bench_query")
 
@@ -130,6 +136,57 @@ def spec_rerank_row(client: Any, index: str, encoder: Any, config: Any, spec: st
     return res
 
 
+def teacher_vectors_latency(client: Any, index: str, student_dir: Path, teacher_dir: Path, corpus: Path,
+                            queries: list[tuple[str, str]], *, top_n: int = 20, k: int = 10,
+                            threads: int | None = None, max_docs: int | None = None) -> dict[str, Any]:
+    """Teacher rerank of the top ``top_n`` with and without the stored teacher vectors, side by side.
+
+    Builds ``index`` (unless it holds the documents already) with the teacher's vectors stored at
+    ingest, then runs ``queries`` through kNN + rerank twice: with a plain
+    :class:`~esdistill.plugin.rerank.BiEncoderReranker` (candidate cache off, so every candidate is
+    embedded as it would be the first time) and with the
+    :class:`~esdistill.plugin.teacher_vectors.StoredTeacherReranker` that reads the stored vectors.
+
+    Args:
+        client: an Elasticsearch client.
+        index: the index (alias) to build or reuse.
+        student_dir / teacher_dir: exported student and bi-encoder teacher.
+        corpus: the collection's ``corpus.jsonl``.
+        queries: ``(id, text)`` pairs.
+        top_n / k / threads: candidates reranked, hits per query, onnxruntime threads.
+        max_docs: ingest only the first this many documents (a quick measurement).
+
+    Returns:
+        ``{"knn_rerank": run_config(...), "knn_rerank_teacher_vectors": run_config(...)}``.
+    """
+    import itertools
+
+    from esdistill.plugin.encoder import OnnxEncoder
+    from esdistill.plugin.index import IndexManager, IndexSpec
+    from esdistill.plugin.ingest import IngestHook
+    from esdistill.plugin.query import QueryConfig, QueryHook
+    from esdistill.plugin.rerank import BiEncoderReranker, RerankConfig
+    from esdistill.plugin.teacher_vectors import StoredTeacherReranker, describe_teacher
+
+    student = OnnxEncoder(student_dir, threads=threads)
+    mgr = IndexManager(client, index)
+    with open(corpus, encoding="utf-8") as fh:
+        docs = [json.loads(line) for line in itertools.islice((x for x in fh if x.strip()), max_docs)]
+    if not mgr.exists():
+        print(f"creating {index} with teacher vectors and ingesting {len(docs)} documents ...", file=sys.stderr)
+        mgr.create(student.manifest, IndexSpec(), teacher=describe_teacher(teacher_dir))
+    if int(client.count(index=index)["count"]) != len(docs):
+        print(IngestHook(client, index, student).ingest(docs).format(), file=sys.stderr)
+    config = QueryConfig(rerank=RerankConfig(top_n=top_n))
+    rows = {}
+    for label, reranker in (("knn_rerank", BiEncoderReranker(teacher_dir, threads=threads, cache_size=0)),
+                            ("knn_rerank_teacher_vectors",
+                             StoredTeacherReranker(BiEncoderReranker(teacher_dir, threads=threads, cache_size=0)))):
+        hook = QueryHook(client, index, student, reranker=reranker, config=config)
+        rows[label] = run_config(hook, queries, mode="knn", rerank=True, k=k, budget_ms=None)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esdistill.deploy.bench_query", description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, metavar="DIR",
@@ -152,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run knn+rerank with this per-query budget (shows partial reranks)")
     p.add_argument("--k", type=int, default=10, help="hits per query (default 10)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--teacher-vectors", action="store_true",
+                   help="also measure the rerank from teacher vectors stored at ingest, side by side with the "
+                        "rerank that embeds the candidates (on INDEX-tv, made with --teacher-vectors)")
+    p.add_argument("--tv-docs", type=int, default=None,
+                   help="documents in INDEX-tv (default: the whole corpus; the teacher embeds each once)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -210,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         if rerank:
             line += f" | rerank share {res['rerank_share']:.0%} {res['rerank_outcomes']}"
         print(line, flush=True)
+    if args.teacher_vectors:
+        teacher = (Path(args.teacher) if args.teacher
+                   else _export_packaged("mpnet", user_cache_dir("bench") / "mpnet-fp32", data, quantize="none"))
+        rows = teacher_vectors_latency(client, f"{args.index}-tv", model_dir, teacher, data / "corpus.jsonl",
+                                       items[:args.rerank_queries], top_n=args.top_n, k=args.k, threads=args.threads,
+                                       max_docs=args.tv_docs)
+        for label, res in rows.items():
+            res.pop("_run", None)
+            lat, st = res["latency_ms"], res["stage_ms"]
+            print(f"{label:<28} n={res['queries']:<4} p50 {lat['p50']:7.1f}  p95 {lat['p95']:7.1f}  "
+                  f"p99 {lat['p99']:7.1f} ms | embed {st['embed']:.1f} es {st['es']:.1f} rerank {st['rerank']:.1f}",
+                  flush=True)
+        results.append({"teacher_vectors": rows})
     if args.json:
         print(json.dumps({"index": args.index, "model": str(model_dir), "results": results}))
     return 0

@@ -354,8 +354,10 @@ class QueryHook:
         Args:
             index: index or alias name.
             model: exported student folder (``None`` for BM25 only).
-            rerank_model: exported teacher folder (cross- or bi-encoder), or ``None``. A bi-encoder
-                teacher reads the index's stored teacher vectors when they are its own
+            rerank_model: the teacher, anything :func:`~esdistill.plugin.rerank.load_reranker` takes:
+                an exported teacher folder (cross- or bi-encoder), a distillation run folder (the
+                teacher spec it chose) or a spec such as ``"0.5*mpnet+0.5*bm25"``; ``None``: no
+                rerank. A bi-encoder teacher reads the index's stored teacher vectors when they are its own
                 (:class:`~esdistill.plugin.teacher_vectors.StoredTeacherReranker`).
             client: an Elasticsearch client (default :func:`esdistill.plugin.connect`).
             threads: onnxruntime threads for the student and teacher.

@@ -1,6 +1,6 @@
 """Ingestion under faults, against real Elasticsearch nodes: no document lost, none duplicated.
 
-1. 20,000 synthetic documents go into a node of this module's own while the test SIGKILLs the
+1. 5,000 synthetic documents (``ESDISTILL_FAULT_DOCS=20000`` for the full-size run of docs/results.md) go into a node of this module's own while the test SIGKILLs the
    Elasticsearch process and restarts it twice, the node pushes back with real 429s (a write thread
    pool of one thread and a queue of one, and an index of several shards, so one bulk request
    already overflows it), and a proxy in front of it drops connections (before and *after* the node
@@ -38,7 +38,9 @@ from esdt_proxy import FlakyProxy
 
 pytestmark = pytest.mark.faults
 
-N_DOCS = 20_000
+# 5,000 keeps the default test run short; both kills, the 429s and the dropped connections still
+# happen at this size. docs/results.md reports a run at 20,000.
+N_DOCS = int(os.environ.get("ESDISTILL_FAULT_DOCS", "5000"))
 _WORDS = (
     "cell", "protein", "gene", "energy", "water", "light", "bacteria", "tide", "moon", "sun", "climate", "river",
     "ocean", "memory", "neuron", "vaccine", "virus", "carbon", "soil", "forest", "enzyme", "membrane", "signal",
@@ -284,7 +286,7 @@ class Killer(threading.Thread):
             self.error = exc
 
 
-def test_20k_documents_survive_kills_429s_and_dropped_connections(own_node, encoder, corpus, tmp_path,
+def test_documents_survive_kills_429s_and_dropped_connections(own_node, encoder, corpus, tmp_path,
                                                                  record_property):
     docs, src = corpus
     es = connect(own_node.url)

@@ -173,7 +173,7 @@ def adopt(mgr: IndexManager, encoder: Any, *, text_fields: tuple[str, ...], vect
 
 def _add_fields(mgr: IndexManager, index: str, mapping: dict[str, Any], encoder: Any, *,
                 text_fields: tuple[str, ...], vector_field: str, index_options: str,
-                teacher: TeacherInfo | None) -> None:
+                teacher: TeacherInfo | None = None) -> None:
     """The one mapping update of an in-place adoption (skipped when an earlier run made it)."""
     manifest = encoder.manifest
     existing = mapping.get("_meta") or {}

@@ -53,8 +53,11 @@ def with_exported_model(settings: ServiceSettings) -> ServiceSettings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = with_exported_model(settings_from_args(args))
-    from esdistill.plugin.service import serve  # the serve extra is needed from here on
+    settings = settings_from_args(args)
+    from esdistill.plugin.service import _require_serve_extra, serve
+
+    _require_serve_extra()  # a missing extra is said first: nothing below works without it
+    settings = with_exported_model(settings)
 
     logger.info("service settings: %s", settings.public_dict())
     serve(settings)

@@ -1,7 +1,7 @@
-"""A small, thread-safe metrics registry that renders the Prometheus text format (version 0.0.4).
+"""The service's metrics on ``prometheus-client``, with a cap on the label sets of each metric.
 
-No external dependency: counters, gauges and histograms with labels, enough for the service's
-``/metrics``. :class:`ServiceMetrics` declares what the service exports::
+:class:`Registry` hands out counters, gauges and histograms registered on a registry of its own
+(never the process-wide default), and renders them in the Prometheus text format::
 
     >>> reg = Registry()
     >>> hits = reg.counter("demo_requests_total", "Requests.", ("route", "status"))
@@ -9,20 +9,23 @@ No external dependency: counters, gauges and histograms with labels, enough for 
     >>> print(reg.render().splitlines()[2])
     demo_requests_total{route="/v1/search",status="200"} 1.0
 
-Label values are escaped as the format requires (backslash, double quote, newline). The number of
-distinct label sets of each metric is capped (``max_series``, :data:`MAX_SERIES` by default): a new
-label set beyond the cap is counted in one ``other`` series instead, so that a client cannot blow up
-memory or ``/metrics`` by sending many distinct values. :class:`ServiceMetrics` sizes each cap to its
-labels' closed sets, which bounds the whole exposition (:attr:`ServiceMetrics.max_series`).
+The number of distinct label sets of each metric is capped (``max_series``, :data:`MAX_SERIES` by
+default): a new label set beyond the cap is counted in one ``other`` series instead, so that a
+client cannot blow up memory or ``/metrics`` by sending many distinct values. :class:`ServiceMetrics`
+sizes each cap to its labels' closed sets, which bounds the whole exposition
+(:attr:`ServiceMetrics.max_series`). The ``*_created`` timestamp series are switched off, so each
+label set is one series (histograms: its buckets, sum and count).
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
 
 __all__ = [
     "CONTENT_TYPE",
@@ -35,8 +38,10 @@ __all__ = [
     "ServiceMetrics",
 ]
 
+prometheus_client.disable_created_metrics()
+
 #: the Content-Type Prometheus expects for the text format
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 #: latency buckets in seconds, from 1 ms to 10 s
 DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
@@ -44,205 +49,146 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
 )
 #: at most this many label sets per metric; further ones are folded into one ``other`` series
 MAX_SERIES = 1000
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-def _fmt(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return repr(float(v))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels_text(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values)) + "}"
-
-
 class _Metric:
-    kind = "untyped"
+    """A prometheus-client metric whose label sets are capped at ``max_series``."""
 
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (), *,
-                 max_series: int = MAX_SERIES) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"metric name {name!r} is not valid in Prometheus ([a-zA-Z_:][a-zA-Z0-9_:]*)")
-        self.name = name
-        self.help = help
+    _factory: Any = None
+    #: the sample that holds a series' value (``value``/``count`` read it back)
+    _suffix = ""
+
+    def __init__(self, registry: CollectorRegistry, name: str, help: str, labelnames: Iterable[str] = (), *,
+                 max_series: int = MAX_SERIES, **kwargs: Any) -> None:
         self.labelnames = tuple(labelnames)
         for ln in self.labelnames:
             if not _LABEL.match(ln) or ln.startswith("__") or ln == "le":
                 raise ValueError(f"label name {ln!r} is not allowed in metric {name}")
         if int(max_series) < 1:
             raise ValueError(f"metric {name} needs max_series >= 1, got {max_series}")
+        self.name = name
         self.max_series = int(max_series)
+        self._registry = registry
+        self._metric = self._factory(name, help, self.labelnames, registry=registry, **kwargs)
+        self._seen: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
 
-    def _key(self, labels: dict[str, object], series: dict) -> tuple[str, ...]:
+    def _child(self, labels: dict[str, object]) -> Any:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in series and len(series) >= self.max_series:
-            key = tuple("other" for _ in self.labelnames)
-        return key
-
-    def header(self) -> list[str]:
-        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
-        return [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-
-class _Scalar(_Metric):
-    """One float per label set: the storage, reading and exposition Counter and Gauge share."""
-
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (), *,
-                 max_series: int = MAX_SERIES) -> None:
-        super().__init__(name, help, labelnames, max_series=max_series)
-        self._values: dict[tuple[str, ...], float] = {}
-
-    def _add(self, amount: float, labels: dict[str, object]) -> None:
-        with self._lock:
-            key = self._key(labels, self._values)
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: object) -> float:
-        """The current value of one series (0 when it was never touched)."""
+        if not self.labelnames:
+            return self._metric
         key = tuple(str(labels[n]) for n in self.labelnames)
         with self._lock:
-            return self._values.get(key, 0.0)
+            if key not in self._seen:
+                if len(self._seen) >= self.max_series:
+                    key = tuple("other" for _ in self.labelnames)
+                else:
+                    self._seen.add(key)
+        return self._metric.labels(*key)
 
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels_text(self.labelnames, k)} {_fmt(v)}" for k, v in items]
+    def _sample(self, labels: dict[str, object]) -> float:
+        name = self._metric._name + self._suffix  # the exposed name (a counter's ends in _total)
+        value = self._registry.get_sample_value(name, {n: str(labels[n]) for n in self.labelnames})
+        return 0.0 if value is None else float(value)
 
 
-class Counter(_Scalar):
+class Counter(_Metric):
     """A monotonically increasing count, per label set."""
 
-    kind = "counter"
+    _factory = prometheus_client.Counter
+    _suffix = "_total"
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         """Add ``amount`` (>= 0) to the series named by ``labels``."""
         if amount < 0:
             raise ValueError(f"counter {self.name} cannot decrease (amount={amount})")
-        self._add(amount, labels)
+        self._child(labels).inc(amount)
+
+    def value(self, **labels: object) -> float:
+        """The current value of one series (0 when it was never touched)."""
+        return self._sample(labels)
 
 
-class Gauge(_Scalar):
+class Gauge(_Metric):
     """A value that goes up and down, per label set."""
 
-    kind = "gauge"
+    _factory = prometheus_client.Gauge
 
     def set(self, value: float, **labels: object) -> None:
-        with self._lock:
-            self._values[self._key(labels, self._values)] = float(value)
+        self._child(labels).set(float(value))
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
-        self._add(amount, labels)
+        self._child(labels).inc(amount)
 
     def dec(self, amount: float = 1.0, **labels: object) -> None:
-        self._add(-amount, labels)
+        self._child(labels).dec(amount)
+
+    def value(self, **labels: object) -> float:
+        """The current value of one series (0 when it was never touched)."""
+        return self._sample(labels)
 
 
 class Histogram(_Metric):
     """Observations counted into cumulative buckets (``_bucket``, ``_sum``, ``_count`` series)."""
 
-    kind = "histogram"
+    _factory = prometheus_client.Histogram
+    _suffix = "_count"
 
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (),
+    def __init__(self, registry: CollectorRegistry, name: str, help: str, labelnames: Iterable[str] = (),
                  buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS, *, max_series: int = MAX_SERIES) -> None:
-        super().__init__(name, help, labelnames, max_series=max_series)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
+        bounds = sorted(float(b) for b in buckets if b != float("inf"))
         if not bounds or len(set(bounds)) != len(bounds):
             raise ValueError(f"histogram {name} needs distinct, finite bucket bounds")
+        super().__init__(registry, name, help, labelnames, max_series=max_series, buckets=bounds)
         self.buckets = tuple(bounds)
-        # per series: counts per bucket (non-cumulative, last = +Inf), sum
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, **labels: object) -> None:
         """Record one observation (e.g. a latency in seconds)."""
-        value = float(value)
-        with self._lock:
-            key = self._key(labels, self._series)
-            counts, total = self._series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-            counts[bisect.bisect_left(self.buckets, value)] += 1
-            total[0] += value
+        self._child(labels).observe(float(value))
 
     def count(self, **labels: object) -> int:
         """How many observations one series holds."""
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        with self._lock:
-            entry = self._series.get(key)
-            return sum(entry[0]) if entry else 0
-
-    def samples(self) -> list[str]:
-        out = []
-        with self._lock:
-            items = sorted((k, (list(c), s[0])) for k, (c, s) in self._series.items())
-        names = (*self.labelnames, "le")
-        for key, (counts, total) in items:
-            running = 0
-            for bound, c in zip((*self.buckets, math.inf), counts):
-                running += c
-                out.append(f"{self.name}_bucket{_labels_text(names, (*key, _fmt(bound)))} {_fmt(running)}")
-            out.append(f"{self.name}_sum{_labels_text(self.labelnames, key)} {_fmt(total)}")
-            out.append(f"{self.name}_count{_labels_text(self.labelnames, key)} {_fmt(running)}")
-        return out
+        return int(self._sample(labels))
 
 
 class Registry:
-    """Holds metrics by name and renders them all."""
+    """Metrics on a prometheus-client registry of their own, rendered together."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._metrics: list[_Metric] = []
         self._lock = threading.Lock()
 
-    def _add(self, metric: _Metric) -> _Metric:
+    def _add(self, cls: type, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name} is already registered")
-            self._metrics[metric.name] = metric
+            metric = cls(self._registry, *args, **kwargs)  # a duplicate name raises ValueError
+            self._metrics.append(metric)
         return metric
 
     def counter(self, name: str, help: str, labelnames: Iterable[str] = (), *,
                 max_series: int = MAX_SERIES) -> Counter:
-        metric = Counter(name, help, labelnames, max_series=max_series)
-        return self._add(metric)  # type: ignore[return-value]
+        return self._add(Counter, name, help, labelnames, max_series=max_series)
 
     def gauge(self, name: str, help: str, labelnames: Iterable[str] = (), *,
               max_series: int = MAX_SERIES) -> Gauge:
-        return self._add(Gauge(name, help, labelnames, max_series=max_series))  # type: ignore[return-value]
+        return self._add(Gauge, name, help, labelnames, max_series=max_series)
 
     def histogram(self, name: str, help: str, labelnames: Iterable[str] = (),
                   buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS, *,
                   max_series: int = MAX_SERIES) -> Histogram:
-        return self._add(Histogram(name, help, labelnames, buckets,  # type: ignore[return-value]
-                                   max_series=max_series))
+        return self._add(Histogram, name, help, labelnames, buckets, max_series=max_series)
 
     @property
     def max_series(self) -> int:
         """The most series all registered metrics can hold together (each cap, plus its ``other``)."""
         with self._lock:
-            return sum(m.max_series + 1 for m in self._metrics.values())
+            return sum(m.max_series + 1 for m in self._metrics)
 
     def render(self) -> str:
         """All metrics in the Prometheus text format (ends with a newline)."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for m in metrics:
-            lines.extend(m.header())
-            lines.extend(m.samples())
-        return "\n".join(lines) + "\n"
+        return generate_latest(self._registry).decode("utf-8")
 
 
 class ServiceMetrics:

@@ -1,6 +1,6 @@
 """Index management against a real Elasticsearch: mapping from a manifest, versions behind an alias,
 the model check, blue/green re-embedding, rollback, prune, and the ``esdistill index`` CLI (with
-``index create --mapping``)."""
+``index create --mapping``); the index body alone: tests/unit/test_index_body.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from esdistill.plugin import ConfigError, FingerprintError, IngestError
-from esdistill.plugin.index import INDEX_OPTIONS, IndexManager, IndexSpec, build_index_body
+from esdistill.plugin.index import INDEX_OPTIONS, IndexManager, IndexSpec
 from esdistill.plugin.ingest import IngestHook
 from esdistill.plugin.manifest import Manifest
 from esdt_helpers import TINY_COLLECTION
@@ -27,38 +27,6 @@ def _manifest(dims: int = 64, fingerprint: str = "ab" * 32, name: str = "m") -> 
 
 def _alias_targets(es_client, alias: str) -> list[str]:
     return sorted(es_client.indices.get_alias(name=alias))
-
-
-# ---------------------------------------------------------------------- pure
-def test_index_body_follows_the_manifest():
-    m = _manifest(dims=48)
-    body = build_index_body(m, IndexSpec(text_fields=("headline", "body"), index_options="hnsw", m=24,
-                                         ef_construction=128, number_of_replicas=1), alias="news")
-    props = body["mappings"]["properties"]
-    assert props["embedding"] == {"type": "dense_vector", "dims": 48, "index": True, "similarity": "cosine",
-                                  "index_options": {"type": "hnsw", "m": 24, "ef_construction": 128}}
-    assert props["headline"] == props["body"] == {"type": "text", "analyzer": "standard"}
-    assert props["content_hash"] == props["model_fingerprint"] == {"type": "keyword"}
-    meta = body["mappings"]["_meta"]
-    assert meta["model_fingerprint"] == m.fingerprint and meta["dims"] == 48 and meta["model_name"] == "m"
-    assert meta["text_fields"] == ["headline", "body"] and meta["vector_field"] == "embedding"
-    assert meta["alias"] == "news"
-    assert body["mappings"]["dynamic"] is False
-    assert body["settings"]["index"]["number_of_replicas"] == 1
-
-
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"index_options": "ivf"}, "index_options"),
-    ({"index_options": "flat", "m": 16}, "HNSW"),
-    ({"m": 1}, "m=1"),
-    ({"number_of_replicas": -1}, "number_of_replicas"),
-    ({"text_fields": ("title", "content_hash")}, "reserved"),
-    ({"vector_field": "_vec"}, "vector_field"),
-    ({"text_fields": ()}, "text_fields"),
-])
-def test_index_spec_rejects_bad_settings(kwargs, needle):
-    with pytest.raises(ConfigError, match=needle):
-        IndexSpec(**kwargs)
 
 
 def test_bad_alias_names_are_refused(es_client):

@@ -426,9 +426,21 @@ class IngestHook:
 
     # ------------------------------------------------------------------ pipeline
     def _identity(self, source: dict[str, Any]) -> dict[str, Any]:
-        return {"index": self.index, "model_fingerprint": self.manifest.fingerprint,
-                "text_fields": list(self.spec.text_fields), "id_field": self.spec.id_field,
-                "separator": self.spec.separator, **source}
+        return {"index": self.index, "physical": self._physical_uuids(),
+                "model_fingerprint": self.manifest.fingerprint, "text_fields": list(self.spec.text_fields),
+                "id_field": self.spec.id_field, "separator": self.spec.separator, **source}
+
+    def _physical_uuids(self) -> list[str]:
+        """The uuids of the indices behind ``self.index`` now. A checkpoint is only resumed into the
+        same physical index: when the name was deleted and created again, or an alias moved to a new
+        version, the documents the checkpoint says are done are not there, so it starts over."""
+        try:
+            found = call_with_retry(
+                lambda: self.client.indices.get(index=self.index, filter_path="*.settings.index.uuid"),
+                what=f"the uuid of {self.index}", policy=self.retry)
+        except Exception:  # noqa: BLE001 - no such index yet: nothing can be resumed into it
+            return []
+        return sorted(str(v["settings"]["index"]["uuid"]) for v in dict(found or {}).values())
 
     def _show_progress(self) -> bool:
         return self.progress if self.progress is not None else sys.stderr.isatty()

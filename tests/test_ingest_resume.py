@@ -111,6 +111,21 @@ def test_lines_inserted_in_the_finished_part_are_all_indexed_after_a_kill(es_cli
     assert not ckpt.exists()
 
 
+def test_a_checkpoint_is_not_resumed_into_an_index_that_was_created_again(es_client, index, encoder, tmp_path):
+    """The index was deleted and created again after the kill: the documents the checkpoint says
+    are done are not in it, so the re-run starts over instead of skipping them."""
+    docs = _docs(600)
+    src = _write(tmp_path / "corpus.jsonl", docs)
+    ckpt = tmp_path / "ckpt.json"
+    _crash(es_client, index, encoder, src, ckpt=ckpt, dead=None, batch_size=100, fail_on_call=4)
+    assert json.loads(ckpt.read_text())["position"] == 300
+    es_client.indices.delete(index=f"{index}-*")  # the alias goes with its index
+    IndexManager(es_client, index).create(encoder.manifest)
+    summary = IngestHook(es_client, index, encoder, batch_size=100, checkpoint=ckpt, progress=False).ingest_jsonl(src)
+    assert summary.complete and summary.resumed == 0 and summary.indexed == 600
+    assert _stored_ids(es_client, index) == {d["_id"] for d in docs}
+
+
 def test_an_edit_in_the_finished_part_is_embedded_after_a_kill(es_client, index, encoder, tmp_path):
     docs = _docs(900)
     src = _write(tmp_path / "corpus.jsonl", docs)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from esdistill.plugin._errors import ConfigError, IngestError
+from esdistill.plugin.es_errors import classify
 
 __all__ = ["BulkOutcome", "RetryPolicy", "Stopped", "call_with_retry", "is_retryable", "send_bulk"]
 
@@ -60,17 +61,10 @@ class RetryPolicy:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for errors that may go away by themselves: 429/5xx answers, lost connections, timeouts."""
-    from elastic_transport import ApiError, TlsError, TransportError
-
-    if isinstance(exc, TlsError):
-        return False
-    if isinstance(exc, TransportError):
-        return True
-    if isinstance(exc, ApiError):
-        return getattr(exc, "status_code", None) in _RETRY_STATUS or getattr(
-            getattr(exc, "meta", None), "status", None) in _RETRY_STATUS
-    return False
+    """True for errors that may go away by themselves: 429/5xx answers, lost connections, timeouts
+    (:attr:`esdistill.plugin.es_errors.EsFailure.retryable`)."""
+    failure = classify(exc)
+    return failure is not None and failure.retryable
 
 
 def _wait(seconds: float, stop: threading.Event | None) -> None:
@@ -154,9 +148,8 @@ def _groups(pending: list[int], lines: Sequence[bytes], max_bytes: int) -> list[
 
 
 def _too_large(exc: BaseException) -> bool:
-    from elastic_transport import ApiError
-
-    return isinstance(exc, ApiError) and getattr(getattr(exc, "meta", None), "status", None) == 413
+    failure = classify(exc)
+    return failure is not None and failure.kind == "too_large"
 
 
 def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryPolicy,

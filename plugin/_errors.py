@@ -6,6 +6,7 @@ act on them without parsing text::
 
     EsdistillError
     ├── ConfigError            bad argument, option or input file (the message names it)
+    │   └── IndexNotFound      the index or alias does not exist
     ├── ModelError             a model folder is missing, incomplete or fails its checks
     │   └── FingerprintError   files do not match the manifest, or model does not match an index
     ├── ElasticsearchUnavailable  the cluster cannot be reached (or refuses our credentials)
@@ -23,6 +24,7 @@ __all__ = [
     "ElasticsearchUnavailable",
     "EsdistillError",
     "FingerprintError",
+    "IndexNotFound",
     "IngestError",
     "LauncherError",
     "ModelError",
@@ -41,6 +43,19 @@ class ConfigError(EsdistillError, ValueError):
     """A bad argument, option or input; the message names it and the fix."""
 
     exit_code = 2
+
+
+class IndexNotFound(ConfigError):
+    """The index (or alias) does not exist; the message says how to create and fill it.
+
+    Attributes:
+        index: the name that was asked for.
+    """
+
+    def __init__(self, index: str, message: str | None = None) -> None:
+        super().__init__(message or f"index {index!r} does not exist; create and fill it with "
+                                    f"`esdistill index create {index} --model DIR` and `esdistill ingest`")
+        self.index = index
 
 
 class ModelError(EsdistillError):

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from esdistill.plugin._bulk import RetryPolicy, call_with_retry
+from esdistill.plugin.es_errors import classify
 
 __all__ = ["PointInTimeLost", "scan"]
 
@@ -28,13 +29,8 @@ class PointInTimeLost(Exception):
 
 
 def _pit_lost(exc: BaseException) -> bool:
-    from elastic_transport import ApiError
-
-    if not isinstance(exc, ApiError):
-        return False
-    text = str(getattr(exc, "body", "") or exc)
-    return "search_context_missing" in text or "No search context found" in text or (
-        getattr(getattr(exc, "meta", None), "status", None) == 404 and "point in time" in text.lower())
+    failure = classify(exc)
+    return failure is not None and failure.kind == "pit_lost"
 
 
 def scan(client: Any, index: str, *, policy: RetryPolicy, page_size: int = 500, query: dict[str, Any] | None = None,

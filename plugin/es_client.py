@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable
+from esdistill.plugin.es_errors import classify
 
 __all__ = ["DEFAULT_URL", "check_cluster", "connect", "redact", "server_version"]
 
@@ -150,44 +151,43 @@ def check_cluster(client: Any, url: str, *, timeout: float | None = None) -> dic
 
     ``timeout`` (the client's request timeout, in seconds) only goes into the message.
     """
-    from elastic_transport import ConnectionTimeout, TlsError
-    from elasticsearch import AuthenticationException, AuthorizationException, TransportError
-    from elasticsearch import ConnectionError as EsConnectionError
-
     shown = redact(url)
     try:
         return dict(client.cluster.health(timeout="5s"))
-    except AuthenticationException:
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is None:
+            raise
+    if failure.kind == "unauthorized":
         raise ElasticsearchUnavailable(
             f"Elasticsearch at {shown} rejected the credentials (401). Check ESDISTILL_ES_API_KEY or "
             "ESDISTILL_ES_USER/ESDISTILL_ES_PASSWORD."
         ) from None
-    except AuthorizationException:
+    if failure.kind == "forbidden":
         raise ElasticsearchUnavailable(
             f"Elasticsearch at {shown} accepted the credentials but refused cluster health (403); "
             "grant the user the 'monitor' cluster privilege."
         ) from None
-    except ConnectionTimeout:
+    if failure.kind == "timeout":
         waited = timeout if timeout is not None else DEFAULT_TIMEOUT_S
         raise ElasticsearchUnavailable(
             f"Elasticsearch at {shown} did not answer within {waited:g} s: it is overloaded, stuck, or "
             "something else listens there. Check the cluster, or wait longer with ESDISTILL_ES_TIMEOUT=SECONDS."
         ) from None
-    except EsConnectionError as exc:
+    if failure.kind == "tls":
         # the client reports a failed handshake as TlsError, often without the cause in its text
-        text = f"{exc} {exc!r}"
-        if isinstance(exc, TlsError) or "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
-            raise ElasticsearchUnavailable(
-                f"the TLS handshake with {shown} failed: its certificate is not trusted. Point "
-                "ESDISTILL_ES_CA_CERTS at the cluster's CA file (for a local node: <node>/config/certs/ca.crt)."
-            ) from None
+        raise ElasticsearchUnavailable(
+            f"the TLS handshake with {shown} failed: its certificate is not trusted. Point "
+            "ESDISTILL_ES_CA_CERTS at the cluster's CA file (for a local node: <node>/config/certs/ca.crt)."
+        ) from None
+    if failure.kind == "unreachable":
         hint = " If the cluster uses TLS, the URL must start with https://." if shown.startswith("http://") else ""
         raise ElasticsearchUnavailable(
-            f"cannot reach Elasticsearch at {shown}: {type(exc).__name__}. Is it running?{hint} "
+            f"cannot reach Elasticsearch at {shown}: {failure.reason}. Is it running?{hint} "
             "Start a local node with `esdistill es start`, or set ESDISTILL_ES_URL."
         ) from None
-    except TransportError as exc:
-        raise ElasticsearchUnavailable(f"Elasticsearch at {shown} answered with an error: {exc}") from None
+    raise ElasticsearchUnavailable(f"Elasticsearch at {shown} answered with an error ({failure.kind}, status "
+                                   f"{failure.status})") from None
 
 
 def server_version(client: Any) -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -48,10 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
-from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError
+from esdistill.plugin._errors import ConfigError, ElasticsearchUnavailable, FingerprintError, IndexNotFound
 from esdistill.plugin._lru import LRUCache
 from esdistill.plugin.ab import ABTest, Arm, ExposureLog, exposure_fields, team_draft_interleave
 from esdistill.plugin.documents import RESERVED_FIELDS, document_text
+from esdistill.plugin.es_errors import EsFailure, classify, failure_of_answer
 from esdistill.plugin.filters import validate_filters
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse, score_kind
 from esdistill.plugin.lexical import LexicalTemplate
@@ -385,48 +385,47 @@ class QueryHook:
     # -------------------------------------------------------------------------------- the index
     def _es_call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run one Elasticsearch call; translate its failures into esdistill errors (see :meth:`_fail`)."""
-        from elasticsearch import ApiError, ConnectionTimeout, TransportError
-        from elasticsearch import ConnectionError as EsConnectionError
-
         try:
             return fn()
-        except ConnectionTimeout:
+        except Exception as exc:
+            failure = classify(exc)
+            if failure is None:
+                raise
+        if failure.kind == "timeout":
             raise ElasticsearchUnavailable(
                 f"Elasticsearch did not answer the {what} within {self.config.request_timeout_s:g} s; it is "
                 "overloaded or stuck. Check the cluster's health, or raise QueryConfig.request_timeout_s."
             ) from None
-        except EsConnectionError as exc:
+        if failure.kind in ("unreachable", "tls"):
             raise ElasticsearchUnavailable(
-                f"cannot reach Elasticsearch for the {what} on index {self.index!r}: {type(exc).__name__}. "
+                f"cannot reach Elasticsearch for the {what} on index {self.index!r}: {failure.reason}. "
                 "Is it running? Check ESDISTILL_ES_URL."
             ) from None
-        except ApiError as exc:
-            self._fail(what, int(getattr(exc.meta, "status", 0) or 0), exc.body)
-        except TransportError as exc:
-            logger.warning("the %s on %s failed in the transport: %s", what, self.index, _cut(str(exc)))
-            raise ElasticsearchUnavailable(f"Elasticsearch failed the {what} ({type(exc).__name__})") from None
+        if failure.kind == "transport":
+            logger.warning("the %s on %s failed in the transport: %s", what, self.index, _cut(failure.reason))
+            raise ElasticsearchUnavailable(f"Elasticsearch failed the {what} ({failure.reason.split(':')[0]})") \
+                from None
+        self._fail(what, failure)
 
-    def _fail(self, what: str, status: int, error: Any) -> NoReturn:
+    def _fail(self, what: str, failure: EsFailure) -> NoReturn:
         """Raise esdistill's error for an Elasticsearch error answer; its reason goes to the log only.
 
         Elasticsearch's reason text can name other indices and quote their data (a lookup in a
         filter), so no message built here contains it; the kind of error (its ``type``, an identifier)
         is kept, with esdistill's words for it.
         """
+        status = failure.status
         logger.warning("Elasticsearch answered the %s on %s with status %s: %s", what, self.index, status,
-                       _cut(_es_reason(error)))
+                       _cut(failure.reason))
         if status == 404:
-            raise ConfigError(
-                f"index {self.index!r} does not exist; create and fill it with "
-                f"`esdistill index create {self.index} --model DIR` and `esdistill ingest`"
-            ) from None
+            raise IndexNotFound(self.index) from None
         if status in (401, 403):
             raise ElasticsearchUnavailable(
                 f"Elasticsearch refused the {what} on {self.index!r} ({status}): check the "
                 "credentials (ESDISTILL_ES_API_KEY / ESDISTILL_ES_USER) and the user's read privilege"
             ) from None
         if status == 400:
-            kind = _es_type(error)
+            kind = failure.error_type
             words = _ES_TYPE_WORDS.get(kind, "the request is not valid for this index")
             raise _Rejected(
                 f"Elasticsearch rejected the {what} on {self.index!r}: {words}"
@@ -591,7 +590,8 @@ class QueryHook:
         out = []
         for name, item in zip(("BM25", "kNN"), resp["responses"]):
             if "error" in item:
-                self._fail(f"{name} part of the hybrid search", int(item.get("status") or 0), item["error"])
+                self._fail(f"{name} part of the hybrid search", failure_of_answer(int(item.get("status") or 0),
+                                                                                 item["error"]))
             out.append(item["hits"]["hits"])
         return out
 
@@ -854,31 +854,5 @@ _ES_TYPE_WORDS = {
     "number_format_exception": "a value is not a number",
     "search_phase_execution_exception": "the search could not run on the index's shards",
 }
-_TYPE_NAME = re.compile(r"^[a-z_]{1,80}$")
-
-
-def _root(error: Any) -> Mapping[str, Any]:
-    if isinstance(error, Mapping) and isinstance(error.get("error"), Mapping):
-        error = error["error"]
-    if not isinstance(error, Mapping):
-        return {}
-    root = error.get("root_cause") or []
-    return root[0] if root and isinstance(root[0], Mapping) else error
-
-
-def _es_type(error: Any) -> str:
-    """The ``type`` of an Elasticsearch error (its root cause's), when it is a plain identifier."""
-    kind = str(_root(error).get("type") or "")
-    return kind if _TYPE_NAME.match(kind) else ""
-
-
-def _es_reason(error: Any) -> str:
-    """Elasticsearch's reason text of an error body, for the log only (never for a message)."""
-    root = _root(error)
-    if root.get("reason"):
-        return f"{root.get('type', 'error')}: {root['reason']}"
-    return str(error)
-
-
 def _cut(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -61,6 +61,7 @@ from esdistill.plugin._service_guards import (
     TokenBucketLimiter,
     error_body,
 )
+from esdistill.plugin.es_errors import classify_chain
 from esdistill.plugin.filters import ALLOWED_CLAUSES, validate_filters
 from esdistill.plugin.metrics import CONTENT_TYPE, ServiceMetrics
 from esdistill.plugin.service_settings import ServiceSettings
@@ -274,39 +275,24 @@ def _query_config(settings: ServiceSettings):
 # ---------------------------------------------------------------------------------------------- errors
 def _es_failure(exc: BaseException) -> str | None:
     """Classify an exception (or what caused it): ``unavailable``, ``not_found``, ``bad_request`` or None."""
-    seen = 0
-    while exc is not None and seen < 10:
-        kind = _es_failure_one(exc)
-        if kind is not None:
-            return kind
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-        seen += 1
-    return None
-
-
-def _es_failure_one(exc: BaseException) -> str | None:
-    try:
-        from elastic_transport import ConnectionError as TransportConnectionError
-        from elastic_transport import ConnectionTimeout, TransportError
-        from elasticsearch import ApiError
-    except ImportError:  # pragma: no cover
+    if any(isinstance(e, ElasticsearchUnavailable) for e in _chain(exc)):
+        return "unavailable"
+    failure = classify_chain(exc)
+    if failure is None:
         return None
-    if isinstance(exc, ElasticsearchUnavailable):
-        return "unavailable"
-    if isinstance(exc, (TransportConnectionError, ConnectionTimeout)):
-        return "unavailable"
-    if isinstance(exc, ApiError):
-        status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", 0)
-        if status == 404:
-            return "not_found"
-        if status in (401, 403):
-            return "unavailable"  # our credentials towards ES are wrong: the service cannot work
-        if status and 400 <= status < 500 and status != 429:
-            return "bad_request"
-        return "unavailable"  # 429 / 5xx: the cluster is overloaded or failing
-    if isinstance(exc, TransportError):
-        return "unavailable"
-    return None
+    if failure.kind in ("index_not_found", "not_found"):
+        return "not_found"
+    if failure.unavailable or failure.kind == "pit_lost":
+        return "unavailable"  # down, overloaded, or our credentials towards it are wrong
+    return "bad_request"
+
+
+def _chain(exc: BaseException | None, depth: int = 10) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and len(out) < depth:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
 
 
 def _summary(exc: BaseException) -> str:

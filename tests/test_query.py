@@ -139,9 +139,12 @@ def test_empty_text_and_missing_encoder(es_client, encoder):
 
 
 def test_missing_index_is_a_clear_config_error(es_client, index_prefix, encoder):
+    from esdistill.plugin import IndexNotFound
+
     hook = QueryHook(es_client, f"{index_prefix}-absent", encoder)
-    with pytest.raises(ConfigError, match="does not exist.*esdistill index create"):
+    with pytest.raises(IndexNotFound, match="does not exist.*esdistill index create") as err:
         hook.search("q")
+    assert isinstance(err.value, ConfigError) and err.value.index == f"{index_prefix}-absent"
 
 
 def test_model_that_did_not_make_the_vectors_is_refused(es_client, index_prefix, encoder):

@@ -194,8 +194,12 @@ def test_rate_limit_answers_429_with_retry_after(served_index, student, es_url):
         _error(limited, 429, "rate_limited")
         assert int(limited.headers["retry-after"]) >= 1
         assert c.get("/healthz").status_code == 200  # ops routes are not limited
-        text = c.get("/metrics").text
-        assert 'esdistill_http_requests_total{route="/v1/search",method="POST",status="429"} 2.0' in text
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(c.get("/metrics").text) for s in f.samples}
+        key = ("esdistill_http_requests_total", (("method", "POST"), ("route", "/v1/search"), ("status", "429")))
+        assert samples[key] == 2.0
 
 
 # ---------------------------------------------------------------------------------------- ingest, index

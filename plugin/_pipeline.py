@@ -13,7 +13,6 @@ stage is raised in the calling thread.
 
 from __future__ import annotations
 
-import base64
 import queue
 import threading
 import time
@@ -62,9 +61,12 @@ def vector_format(client: Any) -> str:
 
 
 def vector_value(vector: np.ndarray, fmt: str) -> Any:
-    """A vector as Elasticsearch reads it in a document: base64 of big-endian float32, or floats."""
+    """A vector as Elasticsearch reads it in a document: base64 of big-endian float32
+    (``elasticsearch.helpers.pack_dense_vector``), or floats."""
     if fmt == "base64":
-        return base64.b64encode(np.asarray(vector, dtype=">f4").tobytes()).decode("ascii")
+        from elasticsearch.helpers import pack_dense_vector
+
+        return pack_dense_vector(np.asarray(vector, dtype=np.float32))
     return np.asarray(vector, dtype=np.float32).tolist()
 
 

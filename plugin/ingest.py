@@ -43,7 +43,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import json
@@ -62,6 +61,8 @@ import numpy as np
 from esdistill.plugin._bulk import RetryPolicy, Stopped, call_with_retry, send_bulk
 from esdistill.plugin._checkpoint import Checkpoint, ConsumedInput, rehash_prefix
 from esdistill.plugin._errors import ConfigError, EsdistillError, IngestError
+from esdistill.plugin._pipeline import vector_format as _vector_format
+from esdistill.plugin._pipeline import vector_value
 from esdistill.plugin.documents import (
     BadDocument,
     DocumentSpec,
@@ -308,16 +309,7 @@ class IngestHook:
         self.max_bulk_bytes = max_bulk_bytes
         self._count_lock = threading.Lock()
         self.description = description or f"ingest {index}"
-        self.vector_format = self._detect_vector_format() if vector_format == "auto" else vector_format
-
-    def _detect_vector_format(self) -> str:
-        from esdistill.plugin.es_client import server_version
-
-        try:
-            major, minor = (int(x) for x in server_version(self.client).split(".")[:2])
-        except Exception:  # noqa: BLE001 - an unknown version gets the format every version reads
-            return "floats"
-        return "base64" if (major, minor) >= (9, 3) else "floats"
+        self.vector_format = _vector_format(client) if vector_format == "auto" else vector_format
 
     # ------------------------------------------------------------------ public entry points
     def ingest(self, docs: Iterable[Any], *, total: int | None = None, source: str = "iterable") -> IngestSummary:
@@ -737,9 +729,7 @@ class IngestHook:
         return f"{action}\n{body}\n".encode()
 
     def _vector(self, vector: np.ndarray) -> Any:
-        if self.vector_format == "base64":
-            return base64.b64encode(vector.astype(">f4").tobytes()).decode("ascii")
-        return vector.tolist()
+        return vector_value(vector, self.vector_format)
 
 
 def _dead_entry(rec: Record, doc_id: Any, reason: str, stage: str) -> dict[str, Any]:

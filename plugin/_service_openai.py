@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, EsdistillError
-from esdistill.plugin._service_guards import error_body
+from esdistill.plugin._service_errors import json_error
 
 __all__ = ["add_openai_routes"]
 
@@ -134,21 +134,13 @@ def _names(name: str, fingerprint: str) -> set[str]:
     return {n for n in (name, fingerprint, fingerprint[:12]) if n}
 
 
-def _error(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse(error_body(kind, message), status_code=code, headers=headers)
-
-
-def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars: int) -> None:
+def add_openai_routes(router: Any, state: Any, *, max_inputs: int, max_total_chars: int) -> None:
     """Add the ``/v1/embeddings`` and ``/v1/rerank`` routes over a service's encoder and reranker.
 
-    The routes are added to the app's own router (not an included one), so that every route of the
-    app is a plain route with a path template: the metrics label requests by it.
-
     Args:
-        app: the service's FastAPI app.
-        state: the service's :class:`~esdistill.plugin.service.ServiceState` (``encoder``,
+        router: the app's own router (``app.router``, not an included one: every route of the app
+            stays a plain route with a path template, by which the metrics label requests).
+        state: the service's :class:`~esdistill.plugin._service_state.ServiceState` (``encoder``,
             ``manifest`` and ``reranker`` are used).
         max_inputs: most texts (inputs, or documents to rerank) in one request.
         max_total_chars: most characters of all texts of one request together.
@@ -157,7 +149,6 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
         raise ConfigError(f"max_inputs={max_inputs} and max_total_chars={max_total_chars} must be >= 1")
     from esdistill.plugin.encoder import load_tokenizer
 
-    router = app.router
     schemas = _schemas()
     EmbeddingsRequest, RerankRequest = schemas["EmbeddingsRequest"], schemas["RerankRequest"]
     EmbeddingsResponse, RerankResponse = schemas["EmbeddingsResponse"], schemas["RerankResponse"]
@@ -169,12 +160,12 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
 
     def too_much(texts: list[str], what: str) -> Any:
         if len(texts) > max_inputs:
-            return _error(400, "bad_request", f"{len(texts)} {what} in one request; the limit is {max_inputs} "
-                          "(the service's max_documents setting): send them in smaller batches")
+            return json_error(400, "bad_request", f"{len(texts)} {what} in one request; the limit is {max_inputs} "
+                              "(the service's max_documents setting): send them in smaller batches")
         total = sum(len(t) for t in texts)
         if total > max_total_chars:
-            return _error(400, "bad_request", f"the {what} hold {total} characters in all; the limit is "
-                          f"{max_total_chars} (max_documents x max_query_chars): send smaller batches")
+            return json_error(400, "bad_request", f"the {what} hold {total} characters in all; the limit is "
+                              f"{max_total_chars} (max_documents x max_query_chars): send smaller batches")
         return None
 
     @router.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="Embed texts (OpenAI shape)",
@@ -182,25 +173,25 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
     def embeddings(body: EmbeddingsRequest):
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
-            return _error(400, "bad_request", "input is an empty list: send at least one text")
+            return json_error(400, "bad_request", "input is an empty list: send at least one text")
         refused = too_much(texts, "inputs")
         if refused is not None:
             return refused
         if body.model not in model_names:
-            return _error(404, "model_not_found", f"this service serves model {manifest.name!r} (fingerprint "
-                          f"{manifest.short_fingerprint}), not {body.model[:100]!r}: set the model to its name "
-                          "or fingerprint")
+            return json_error(404, "model_not_found", f"this service serves model {manifest.name!r} (fingerprint "
+                              f"{manifest.short_fingerprint}), not {body.model[:100]!r}: set the model to its name "
+                              "or fingerprint")
         if body.dimensions is not None and body.dimensions != state.encoder.dims:
-            return _error(400, "bad_request", f"model {manifest.name!r} makes {state.encoder.dims}-dimensional "
-                          f"vectors and cannot shorten them: drop dimensions or set it to {state.encoder.dims}")
+            return json_error(400, "bad_request", f"model {manifest.name!r} makes {state.encoder.dims}-dimensional "
+                              f"vectors and cannot shorten them: drop dimensions or set it to {state.encoder.dims}")
         side = INPUT_TYPES[body.input_type or "document"]
         if side == "document" and paired_query_encoder:
-            return _error(400, "bad_request", f"model {manifest.name!r} is a query encoder: its documents are "
-                          "embedded by its paired document export; send input_type \"query\" for query vectors")
+            return json_error(400, "bad_request", f"model {manifest.name!r} is a query encoder: its documents are "
+                              "embedded by its paired document export; send input_type \"query\" for query vectors")
         try:
             vectors = state.encoder.encode(texts, kind=side)
         except EsdistillError as exc:
-            return _error(400, "bad_request", str(exc))
+            return json_error(400, "bad_request", str(exc))
         tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=True))
         vectors = np.asarray(vectors, dtype="<f4")
         if body.encoding_format == "base64":
@@ -218,30 +209,30 @@ def add_openai_routes(app: Any, state: Any, *, max_inputs: int, max_total_chars:
     def rerank(body: RerankRequest):
         reranker = state.reranker
         if reranker is None:
-            return _error(400, "no_reranker", "this service has no reranker: start it with --rerank DIR (an "
-                          "exported cross-encoder or bi-encoder teacher, or a distill run folder)")
+            return json_error(400, "no_reranker", "this service has no reranker: start it with --rerank DIR (an "
+                              "exported cross-encoder or bi-encoder teacher, or a distill run folder)")
         if getattr(reranker, "needs_ids", False):
-            return _error(400, "no_reranker", f"the reranker {reranker.name!r} scores BM25 from the index by "
-                          "document id and cannot score bare texts; use /v1/search with rerank instead")
+            return json_error(400, "no_reranker", f"the reranker {reranker.name!r} scores BM25 from the index by "
+                              "document id and cannot score bare texts; use /v1/search with rerank instead")
         refused = too_much([body.query, *body.documents], "texts (query and documents)")
         if refused is not None:
             return refused
         if body.model is not None and body.model not in _names(reranker.name, reranker.fingerprint):
-            return _error(404, "model_not_found", f"this service reranks with {reranker.name!r}, not "
-                          f"{body.model[:100]!r}: set model to its name or fingerprint, or leave it out")
+            return json_error(404, "model_not_found", f"this service reranks with {reranker.name!r}, not "
+                              f"{body.model[:100]!r}: set model to its name or fingerprint, or leave it out")
         if not reranks.acquire(blocking=False):
-            return _error(503, "overloaded", f"{MAX_CONCURRENT_RERANKS} reranks are already running; retry shortly",
-                          headers={"Retry-After": "1"})
+            return json_error(503, "overloaded", f"{MAX_CONCURRENT_RERANKS} reranks are already running; retry shortly",
+                              headers={"Retry-After": "1"})
         try:
             scores = np.asarray(reranker.score(body.query, list(body.documents)), dtype=np.float64).reshape(-1)
         except EsdistillError as exc:
-            return _error(400, "bad_request", str(exc))
+            return json_error(400, "bad_request", str(exc))
         finally:
             reranks.release()
         if scores.shape[0] != len(body.documents) or not np.all(np.isfinite(scores)):
             logger.error("reranker %s returned %d scores for %d documents", reranker.name, scores.shape[0],
                          len(body.documents))
-            return _error(500, "internal_error", "the reranker returned unusable scores; see the service log")
+            return json_error(500, "internal_error", "the reranker returned unusable scores; see the service log")
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:body.top_n]
         results = [{"index": i, "relevance_score": float(scores[i]),
                     "document": {"text": body.documents[i]} if body.return_documents else None} for i in order]

@@ -51,7 +51,10 @@ def test_evaluate_scores_what_the_hook_returns(es_client, live, models, tiny_col
 
 
 @pytest.mark.parametrize("mode, rerank", [("bm25", False), ("knn", False), ("hybrid", False), ("knn", True)])
-def test_eval_cli_json_last_line(live, models, tiny_collection, capsys, mode, rerank):
+def test_eval_cli_json_last_line(es_client, live, models, tiny_collection, capsys, mode, rerank):
+    from esdistill.plugin.encoder import OnnxEncoder
+    from esdistill.plugin.rerank import load_reranker
+
     argv = ["eval", "--collection", str(tiny_collection), "--split", "test", "--index", live,
             "--model", str(models[0]), "--mode", mode, "--k", "100", "--json", "--no-progress"]
     if rerank:
@@ -59,8 +62,11 @@ def test_eval_cli_json_last_line(live, models, tiny_collection, capsys, mode, re
     assert main(argv) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     out = json.loads(last)
+    # the CLI scores what the hook returns for the same index, mode and teacher
+    hook = QueryHook(es_client, live, OnnxEncoder(models[0]), reranker=load_reranker(models[1]) if rerank else None)
+    direct = evaluate(hook, load_beir(tiny_collection), mode=mode, k=100, rerank=rerank, warmup=0, progress=False)
     for key in ("ndcg@10", "recall@100", "mrr@10"):
-        assert 0.0 <= out[key] <= 1.0
+        assert out[key] == pytest.approx(direct.metrics[key]), key
     assert out["recall@100"] == 1.0 or mode == "bm25"  # 24 documents: every one is in a kNN top 100
     assert out["queries"] == 8 and out["mode"] == mode and out["rerank"] is rerank
     assert out["latency_ms"]["p50"] <= out["latency_ms"]["p95"] <= out["latency_ms"]["p99"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -183,7 +184,7 @@ class IndexMeta:
     def from_meta(cls, meta: dict[str, Any] | None, index: str) -> IndexMeta:
         """Parse a mapping ``_meta`` (esdistill's keys at the top, or under :data:`META_KEY`); raise
         :class:`ConfigError` when it is not esdistill's."""
-        ours = _own_meta(meta)
+        ours = own_meta(meta)
         if ours is None:
             raise ConfigError(
                 f"index {index!r} was not created by esdistill (its mapping _meta has no model "
@@ -197,15 +198,38 @@ class IndexMeta:
         return cls(**values)
 
 
-def _own_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """esdistill's part of a mapping ``_meta``, or ``None``."""
+def model_problems(meta: IndexMeta, *, fingerprint: str, dims: int, document_fingerprint: str = "") -> list[str]:
+    """Why a model cannot embed for an index whose vectors ``meta`` describes ([] when it can).
+
+    Args:
+        meta: the index's esdistill meta.
+        fingerprint / dims: the model's.
+        document_fingerprint: for a model that only embeds queries, the document model it is paired
+            with (a query encoder trained query-side only); ``""`` otherwise.
+    """
+    problems = []
+    if int(dims) != int(meta.dims):
+        problems.append(f"dims {dims} vs the index's {meta.dims}")
+    if meta.model_fingerprint not in {fingerprint, document_fingerprint} - {""}:
+        problems.append(f"fingerprint {fingerprint[:12]}… vs the index's {meta.model_fingerprint[:12]}…")
+    return problems
+
+
+def parse_meta(meta: dict[str, Any] | None, index: str) -> IndexMeta | None:
+    """:meth:`IndexMeta.from_meta`, or ``None`` for an index esdistill did not make or adopt."""
+    return IndexMeta.from_meta(meta, index) if own_meta(meta) is not None else None
+
+
+def own_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """esdistill's part of a mapping ``_meta`` (the mapping itself, or its :data:`META_KEY` entry in an
+    index esdistill adopted), or ``None`` when esdistill did not make or adopt the index."""
     if not meta:
         return None
     nested = meta.get(META_KEY)
-    if isinstance(nested, dict) and "model_fingerprint" in nested and "esdistill_format" in nested:
-        return nested
+    if isinstance(nested, Mapping) and "model_fingerprint" in nested and "esdistill_format" in nested:
+        return nested  # type: ignore[return-value]
     if "model_fingerprint" in meta and "esdistill_format" in meta:
-        return meta
+        return meta  # type: ignore[return-value]
     return None
 
 
@@ -213,20 +237,19 @@ def merged_meta(existing: dict[str, Any] | None, meta: IndexMeta) -> dict[str, A
     """The whole mapping ``_meta`` to write: everyone else's keys unchanged, esdistill's replaced.
 
     An index made by ``esdistill index create`` keeps esdistill's keys at the top of ``_meta``;
-    any other index gets them under :data:`META_KEY` (with ``fingerprint``, which the query hook
-    reads there).
+    any other index gets them under :data:`META_KEY`.
     """
     existing = dict(existing or {})
-    if _own_meta(existing) is existing:
+    if own_meta(existing) is existing:
         return meta.to_meta()
-    existing[META_KEY] = {**meta.to_meta(), "fingerprint": meta.model_fingerprint}
+    existing[META_KEY] = meta.to_meta()
     return existing
 
 
 def team_meta(existing: dict[str, Any] | None) -> dict[str, Any]:
     """The keys of a mapping ``_meta`` that are not esdistill's."""
     existing = dict(existing or {})
-    if _own_meta(existing) is existing:
+    if own_meta(existing) is existing:
         return {}
     existing.pop(META_KEY, None)
     return existing
@@ -452,12 +475,8 @@ class IndexManager:
                 "use this one for queries only.",
                 expected=manifest.document_fingerprint, actual=manifest.fingerprint,
             )
-        problems = []
-        if int(manifest.dims) != int(meta.dims):
-            problems.append(f"dims {manifest.dims} vs the index's {meta.dims}")
-        if not (manifest.queries_index_of(meta.model_fingerprint) if queries_only
-                else manifest.fingerprint == meta.model_fingerprint):
-            problems.append(f"fingerprint {manifest.short_fingerprint}… vs the index's {meta.model_fingerprint[:12]}…")
+        problems = model_problems(meta, fingerprint=manifest.fingerprint, dims=int(manifest.dims),
+                                  document_fingerprint=manifest.document_fingerprint if queries_only else "")
         if problems:
             raise FingerprintError(
                 f"model {manifest.name!r} does not match index {self.alias!r} (physical {index}), whose vectors "

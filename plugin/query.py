@@ -54,6 +54,7 @@ from esdistill.plugin.documents import RESERVED_FIELDS, document_text
 from esdistill.plugin.es_errors import EsFailure, classify, failure_of_answer
 from esdistill.plugin.filters import validate_filters
 from esdistill.plugin.fusion import FUSION_METHODS, RRF_K, fuse, score_kind
+from esdistill.plugin.index import model_problems, parse_meta
 from esdistill.plugin.lexical import LexicalTemplate
 from esdistill.plugin.rerank import (
     REASON_BUDGET,
@@ -353,7 +354,7 @@ class QueryHook:
 
         Args:
             index: index or alias name.
-            model: exported student folder (``None`` for BM25 only).
+            model: exported student folder or packaged name (``minilm``); ``None`` for BM25 only.
             rerank_model: the teacher, anything :func:`~esdistill.plugin.rerank.load_reranker` takes:
                 an exported teacher folder (cross- or bi-encoder), a distillation run folder (the
                 teacher spec it chose) or a spec such as ``"0.5*mpnet+0.5*bm25"``; ``None``: no
@@ -372,8 +373,9 @@ class QueryHook:
         encoder = None
         if model is not None:
             from esdistill.plugin.encoder import OnnxEncoder
+            from esdistill.plugin.models import exported_model
 
-            encoder = OnnxEncoder(model, threads=threads)
+            encoder = OnnxEncoder(exported_model(model), threads=threads)
         reranker = None
         if rerank_model is not None:
             from esdistill.plugin.rerank import load_reranker
@@ -473,30 +475,27 @@ class QueryHook:
         return set(dict(found))
 
     def _apply_meta(self, physical: str, meta: Mapping[str, Any]) -> None:
-        nested = meta.get("esdistill") if isinstance(meta.get("esdistill"), Mapping) else {}
-        fingerprint = meta.get("model_fingerprint") or nested.get("fingerprint")
+        own = parse_meta(dict(meta), physical)
         self._tuned = stored_choice(meta)
-        self.vector_field = str(meta.get("vector_field") or nested.get("vector_field") or _DEFAULT_VECTOR_FIELD)
-        fields_ = meta.get("text_fields") or nested.get("text_fields") or _DEFAULT_TEXT_FIELDS
-        self.text_fields = tuple(str(f) for f in fields_)
-        self.similarity = str(meta.get("similarity") or nested.get("similarity") or "cosine")
-        self.teacher_vectors = TeacherInfo.from_meta(meta)
+        self.vector_field = own.vector_field if own else _DEFAULT_VECTOR_FIELD
+        self.text_fields = tuple(own.text_fields) if own and own.text_fields else _DEFAULT_TEXT_FIELDS
+        self.similarity = own.similarity if own else "cosine"
+        self.teacher_vectors = TeacherInfo.from_meta(own) if own else None
         if self.encoder is None or not self.config.check_fingerprint:
             return
-        if not fingerprint:
+        if own is None:
             logger.warning("index %s has no esdistill model fingerprint in its _meta; cannot check that "
                            "the query model made its vectors", physical)
             return
         mine = str(self.encoder.fingerprint)
         paired = str(getattr(getattr(self.encoder, "manifest", None), "document_fingerprint", "") or "")
-        dims = meta.get("dims") or nested.get("dims")
-        if fingerprint not in (mine, paired) or (dims is not None and int(dims) != int(self.encoder.dims)):
+        if model_problems(own, fingerprint=mine, dims=int(self.encoder.dims), document_fingerprint=paired):
             raise FingerprintError(
                 f"the query model (fingerprint {mine[:12]}…, {self.encoder.dims} dims) did not make the vectors of "
-                f"index {self.index!r} (physical {physical}: fingerprint {str(fingerprint)[:12]}…, {dims} dims, "
-                f"model {meta.get('model_name', '?')!r}). Query with the model the index was built with, or "
+                f"index {self.index!r} (physical {physical}: fingerprint {own.model_fingerprint[:12]}…, {own.dims} "
+                f"dims, model {own.model_name!r}). Query with the model the index was built with, or "
                 f"re-embed it: `esdistill index reindex {self.index} --model DIR`.",
-                expected=str(fingerprint), actual=mine,
+                expected=own.model_fingerprint, actual=mine,
             )
 
     # -------------------------------------------------------------------------------- embedding

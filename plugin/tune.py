@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin.index import META_KEY, own_meta
 from esdistill.plugin.stats import paired_bootstrap
 from esdistill.plugin.synthetic import (
     ALL_STYLES,
@@ -72,7 +73,6 @@ TUNE_KEY = "tune"
 #: query kinds: ``ict`` (a sentence cut from its document) and the generator's copied styles
 KINDS = ("ict", *ALL_STYLES)
 DEFAULT_KINDS = ("ict",)
-_META_KEY = "esdistill"  # where esdistill's meta sits in an index it adopted (see plugin/index.py)
 
 
 @dataclass(frozen=True)
@@ -146,21 +146,9 @@ class TuneResult:
 
 
 # ------------------------------------------------------------------------------------ stored choice
-def _own_part(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """esdistill's part of a mapping ``_meta``: under ``esdistill`` in an adopted index, else the top."""
-    if not meta:
-        return None
-    nested = meta.get(_META_KEY)
-    if isinstance(nested, Mapping) and "model_fingerprint" in nested:
-        return dict(nested)
-    if "model_fingerprint" in meta:
-        return dict(meta)
-    return None
-
-
 def stored_choice(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The tuned choice stored in a mapping ``_meta``, or ``None`` when the index was never tuned."""
-    own = _own_part(meta)
+    own = own_meta(meta)
     choice = own.get(TUNE_KEY) if own else None
     return dict(choice) if isinstance(choice, Mapping) else None
 
@@ -174,13 +162,13 @@ def store_choice(client: Any, physical: str, choice: Mapping[str, Any]) -> None:
     """
     mapping = next(iter(client.indices.get_mapping(index=physical).values()))["mappings"]
     meta = dict(mapping.get("_meta") or {})
-    nested = meta.get(_META_KEY)
-    if isinstance(nested, Mapping) and "model_fingerprint" in nested:
-        meta[_META_KEY] = {**nested, TUNE_KEY: dict(choice)}
-    elif "model_fingerprint" in meta:
+    own = own_meta(meta)
+    if own is None:
+        raise ConfigError(f"index {physical!r} has no esdistill metadata; create or adopt it with esdistill first")
+    if own is meta:
         meta[TUNE_KEY] = dict(choice)
     else:
-        raise ConfigError(f"index {physical!r} has no esdistill metadata; create or adopt it with esdistill first")
+        meta[META_KEY] = {**own, TUNE_KEY: dict(choice)}
     client.indices.put_mapping(index=physical, meta=meta)
 
 

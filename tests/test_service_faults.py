@@ -32,7 +32,9 @@ def test_service_survives_elasticsearch_being_killed_and_restarted(own_node, stu
     alias = make_index(es, f"esdt-svcfault-{uuid.uuid4().hex[:6]}-docs", student)
     es.close()
     query = {"query": queries()[2]["text"], "k": 5, "mode": "hybrid"}
-    app = create_app(settings(alias, student, own_node.url, api_keys=(KEY,), es_timeout_s=2.0,
+    # 5 s: a killed node refuses connections at once, while a first search on a freshly started node
+    # can take seconds on a loaded machine
+    app = create_app(settings(alias, student, own_node.url, api_keys=(KEY,), es_timeout_s=5.0,
                               ingest_retry_s=1.0))
     with TestClient(app) as c:
         before = c.post("/v1/search", json=query, headers=H)

@@ -434,6 +434,88 @@ def _resume_point(out: Path, fingerprint: Mapping[str, Any], total_steps: int) -
     return latest, None
 
 
+def _usable_lists(lists: Sequence[CandidateList], corpus: Mapping[str, Doc]) -> list[CandidateList]:
+    """The lists with two or more candidates.
+
+    Raises:
+        ConfigError: no list has two candidates, or a listed document is not in ``corpus``.
+    """
+    usable = [c for c in lists if len(c.doc_ids) >= 2]
+    if not usable:
+        raise ConfigError("no candidate list has two or more candidates; mine with a larger list_size")
+    missing = {d for c in usable for d in c.doc_ids if d not in corpus}
+    if missing:
+        raise ConfigError(f"{len(missing)} listed documents are not in the corpus (e.g. {sorted(missing)[:3]}); "
+                          "mine and train on the same corpus")
+    return usable
+
+
+def _frozen_document_tower(model: Any, lists: Sequence[CandidateList], corpus: Mapping[str, Doc],
+                           known: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """For query-side-only training: a frozen copy of the base student (the document tower) and the
+    vectors of every listed document as tensors (``known`` ones reused, the others computed)."""
+    torch = require("torch")
+    doc_model = copy.deepcopy(model)
+    for p in doc_model.parameters():
+        p.requires_grad_(False)
+    enc = StudentEncoder(doc_model)
+    ids = sorted({d for c in lists for d in c.doc_ids} - set(known))
+    vecs = enc.encode_documents([corpus[d].full for d in ids])
+    frozen_docs = {d: torch.from_numpy(np.asarray(v, dtype=np.float32)) for d, v in known.items()}
+    frozen_docs.update({d: torch.from_numpy(v) for d, v in zip(ids, vecs)})
+    return doc_model, frozen_docs
+
+
+def _batch_loss(model: Any, rows: Sequence[CandidateList], corpus: Mapping[str, Doc], cfg: TrainConfig,
+                loss_fn: Any, *, frozen_docs: Mapping[str, Any], uses_nce: bool) -> Any:
+    """The loss of one batch of lists: the student's scores of each list's first ``list_size``
+    candidates against the teacher targets (for InfoNCE parts: with the known positives, the
+    candidates not to contrast, and, with ``in_batch_negatives``, the other lists' candidates)."""
+    torch = require("torch")
+    width = max(len(c.doc_ids) for c in rows)
+    if cfg.list_size:
+        width = min(width, cfg.list_size)
+    uniq = list(dict.fromkeys(d for c in rows for d in c.doc_ids[:width]))
+    pos_of = {d: i for i, d in enumerate(uniq)}
+    q = _embed(model, [c.query for c in rows], cfg.max_query_length)
+    if cfg.query_side_only:
+        d = torch.stack([frozen_docs[x] for x in uniq])
+    else:
+        d = _embed(model, [corpus[x].full for x in uniq], cfg.max_seq_length)
+    sims = q @ d.T  # (B, U)
+    index = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    teacher = torch.zeros((len(rows), width))
+    positives = torch.zeros(len(rows), dtype=torch.long)
+    for r, c in enumerate(rows):
+        ids = c.doc_ids[:width]
+        t = _targets(c, width, cfg)
+        index[r, :len(ids)] = torch.tensor([pos_of[x] for x in ids])
+        mask[r, :len(ids)] = True
+        teacher[r, :len(ids)] = torch.from_numpy(t)
+        known = [j for j, x in enumerate(ids) if x in c.positives]
+        positives[r] = known[0] if known else int(np.argmax(t))
+    student_scores = sims.gather(1, index)
+    kwargs: dict[str, Any] = {}
+    if uses_nce:
+        kwargs["positives"] = positives
+        exclude = torch.zeros_like(mask)
+        for r, c in enumerate(rows):
+            for j, x in enumerate(c.doc_ids[:width]):
+                exclude[r, j] = x in c.false_negatives or x in c.positives
+        kwargs["exclude"] = exclude
+        if cfg.in_batch_negatives and len(rows) > 1:
+            own = torch.zeros_like(sims, dtype=torch.bool)
+            for r, c in enumerate(rows):
+                for x in c.doc_ids[:width]:
+                    own[r, pos_of[x]] = True
+                for x in c.positives + c.false_negatives:  # never contrast a relevant doc
+                    if x in pos_of:
+                        own[r, pos_of[x]] = True
+            kwargs["extra_negatives"] = sims.masked_fill(own, -1e4 * cfg.student_temperature)
+    return loss_fn.compute_loss(student_scores, teacher, mask, **kwargs)
+
+
 def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, student: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], config: TrainConfig | None = None,
                   evaluator: Callable[[StudentEncoder], float] | None = None, resume: bool = True,
@@ -469,13 +551,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     cfg = config or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lists = [c for c in lists if len(c.doc_ids) >= 2]
-    if not lists:
-        raise ConfigError("no candidate list has two or more candidates; mine with a larger list_size")
-    missing = {d for c in lists for d in c.doc_ids if d not in corpus}
-    if missing:
-        raise ConfigError(f"{len(missing)} listed documents are not in the corpus (e.g. {sorted(missing)[:3]}); "
-                          "mine and train on the same corpus")
+    lists = _usable_lists(lists, corpus)
     _seed_all(cfg.seed)
     base_ref = os.fspath(resolve_model(student))
     model = load_student(base_ref, max_seq_length=cfg.max_seq_length)
@@ -488,15 +564,7 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
     doc_model = None
     frozen_docs: dict[str, Any] = {}
     if cfg.query_side_only:
-        doc_model = copy.deepcopy(model)
-        for p in doc_model.parameters():
-            p.requires_grad_(False)
-        enc = StudentEncoder(doc_model)
-        known = frozen_doc_vectors or {}
-        ids = sorted({d for c in lists for d in c.doc_ids} - set(known))
-        vecs = enc.encode_documents([corpus[d].full for d in ids])
-        frozen_docs = {d: torch.from_numpy(np.asarray(v, dtype=np.float32)) for d, v in known.items()}
-        frozen_docs.update({d: torch.from_numpy(v) for d, v in zip(ids, vecs)})
+        doc_model, frozen_docs = _frozen_document_tower(model, lists, corpus, frozen_doc_vectors or {})
     teacher_temperature = cfg.teacher_temperature
     if teacher_temperature == "auto":
         known = frozen_docs if cfg.query_side_only else (frozen_doc_vectors or {})
@@ -566,48 +634,8 @@ def train_student(lists: Sequence[CandidateList], corpus: Mapping[str, Doc], *, 
             if epoch == start_epoch and b_idx < skip:
                 continue
             rows = [lists[i] for i in batch]
-            width = max(len(c.doc_ids) for c in rows)
-            if cfg.list_size:
-                width = min(width, cfg.list_size)
-            uniq = list(dict.fromkeys(d for c in rows for d in c.doc_ids[:width]))
-            pos_of = {d: i for i, d in enumerate(uniq)}
-            q = _embed(model, [c.query for c in rows], cfg.max_query_length)
-            if cfg.query_side_only:
-                d = torch.stack([frozen_docs[x] for x in uniq])
-            else:
-                d = _embed(model, [corpus[x].full for x in uniq], cfg.max_seq_length)
-            sims = q @ d.T  # (B, U)
-            index = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            teacher = torch.zeros((len(rows), width))
-            positives = torch.zeros(len(rows), dtype=torch.long)
-            for r, c in enumerate(rows):
-                ids = c.doc_ids[:width]
-                t = _targets(c, width, cfg)
-                index[r, :len(ids)] = torch.tensor([pos_of[x] for x in ids])
-                mask[r, :len(ids)] = True
-                teacher[r, :len(ids)] = torch.from_numpy(t)
-                known = [j for j, x in enumerate(ids) if x in c.positives]
-                positives[r] = known[0] if known else int(np.argmax(t))
-            student_scores = sims.gather(1, index)
-            kwargs: dict[str, Any] = {}
-            if uses_nce:
-                kwargs["positives"] = positives
-                exclude = torch.zeros_like(mask)
-                for r, c in enumerate(rows):
-                    for j, x in enumerate(c.doc_ids[:width]):
-                        exclude[r, j] = x in c.false_negatives or x in c.positives
-                kwargs["exclude"] = exclude
-                if cfg.in_batch_negatives and len(rows) > 1:
-                    own = torch.zeros_like(sims, dtype=torch.bool)
-                    for r, c in enumerate(rows):
-                        for x in c.doc_ids[:width]:
-                            own[r, pos_of[x]] = True
-                        for x in c.positives + c.false_negatives:  # never contrast a relevant doc
-                            if x in pos_of:
-                                own[r, pos_of[x]] = True
-                    kwargs["extra_negatives"] = sims.masked_fill(own, -1e4 * cfg.student_temperature)
-            loss = loss_fn.compute_loss(student_scores, teacher, mask, **kwargs) / cfg.grad_accum
+            loss = _batch_loss(model, rows, corpus, cfg, loss_fn, frozen_docs=frozen_docs,
+                               uses_nce=uses_nce) / cfg.grad_accum
             loss.backward()
             value = float(loss.item()) * cfg.grad_accum
             running = value if running is None else 0.9 * running + 0.1 * value

@@ -46,6 +46,21 @@ class Instruction:
         return out, rest
 
 
+#: packages the serving image must not carry (training only)
+HEAVY = {"torch", "transformers", "sentence-transformers", "optimum", "optimum-onnx", "onnx", "accelerate"}
+
+
+def stages(dockerfile: list[Instruction]) -> list[list[Instruction]]:
+    """The instructions of each build stage (one list per ``FROM``)."""
+    out: list[list[Instruction]] = []
+    for ins in dockerfile:
+        if ins.name == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
 def parse_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
     """Instructions with continuation lines joined; comments and blank lines dropped."""
     out: list[Instruction] = []

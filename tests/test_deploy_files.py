@@ -9,24 +9,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
-from deploy_parse import ROOT, TEMPLATE, parse_dockerfile
-
-HEAVY = {"torch", "transformers", "sentence-transformers", "optimum", "optimum-onnx", "onnx", "accelerate"}
+from deploy_parse import HEAVY, ROOT, TEMPLATE, parse_dockerfile, stages
 
 
 @pytest.fixture(scope="module")
 def dockerfile():
     return parse_dockerfile()
-
-
-def _stages(dockerfile) -> list[list]:
-    stages: list[list] = []
-    for ins in dockerfile:
-        if ins.name == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append(ins)
-    return stages
 
 
 def test_build_stage_sources_make_a_wheel_with_the_service_and_no_torch(dockerfile, tmp_path):
@@ -38,7 +26,7 @@ def test_build_stage_sources_make_a_wheel_with_the_service_and_no_torch(dockerfi
 
     from packaging.requirements import Requirement
 
-    build = _stages(dockerfile)[0]
+    build = stages(dockerfile)[0]
     workdir = Path(next(i.args for i in build if i.name == "WORKDIR"))
     ctx = tmp_path / "ctx"
     for ins in build:

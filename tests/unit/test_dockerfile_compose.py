@@ -15,6 +15,7 @@ import yaml
 from deploy_parse import (
     COMPOSE,
     DOCKERFILE,
+    HEAVY,
     ROOT,
     TEMPLATE,
     build_args,
@@ -22,12 +23,11 @@ from deploy_parse import (
     env_of,
     parse_dockerfile,
     requirement_closure,
+    stages,
     substitute,
 )
 from esdistill.deploy import ES_VERSION
 from esdistill.plugin._errors import ConfigError
-
-HEAVY = {"torch", "transformers", "sentence-transformers", "optimum", "optimum-onnx", "onnx", "accelerate"}
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +81,8 @@ def test_image_runs_as_a_non_root_user_it_creates(dockerfile):
     assert dockerfile.index(_one(dockerfile, "CMD")) > pos
 
 
-def _stages(dockerfile) -> list[list]:
-    stages: list[list] = []
-    for ins in dockerfile:
-        if ins.name == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append(ins)
-    return stages
-
-
 def test_image_installs_the_runtime_without_torch(dockerfile, pyproject):
-    *builders, final = _stages(dockerfile)
+    *builders, final = stages(dockerfile)
     pip_final = [i.args for i in final if i.name == "RUN" and "pip" in i.args]
     assert len(pip_final) == 1, pip_final
     assert re.search(r"pip install\b.*esdistill-\*\.whl\)?\[serve\]", pip_final[0]), pip_final[0]

@@ -4,7 +4,14 @@ classes built the way the transport builds them."""
 from __future__ import annotations
 
 import pytest
-from elastic_transport import ApiResponseMeta, ConnectionError, ConnectionTimeout, HttpHeaders, NodeConfig, TlsError
+from elastic_transport import (
+    ApiResponseMeta,
+    ConnectionError,
+    ConnectionTimeout,
+    HttpHeaders,
+    NodeConfig,
+    TlsError,
+)
 from elasticsearch import ApiError
 from esdistill.plugin._bulk import is_retryable
 from esdistill.plugin.es_errors import KINDS, classify, classify_chain, failure_of_answer

@@ -51,13 +51,10 @@ class EmbedBatch:
 
 def vector_format(client: Any) -> str:
     """``base64`` when the cluster reads base64 vectors (Elasticsearch >= 9.3), else ``floats``."""
-    from esdistill.plugin.es_client import server_version
+    from esdistill.plugin.es_client import server_version_tuple
 
-    try:
-        major, minor = (int(x) for x in server_version(client).split(".")[:2])
-    except Exception:  # noqa: BLE001 - an unknown version gets the format every version reads
-        return "floats"
-    return "base64" if (major, minor) >= (9, 3) else "floats"
+    version = server_version_tuple(client)  # an unknown version gets the format every version reads
+    return "base64" if version is not None and version >= (9, 3) else "floats"
 
 
 def vector_value(vector: np.ndarray, fmt: str) -> Any:

@@ -194,3 +194,27 @@ def server_version(client: Any) -> str:
     """The Elasticsearch version of the node answering (``GET /`` may be absent on some builds)."""
     info = client.nodes.info(node_id="_local", filter_path="nodes.*.version")
     return next(iter(info["nodes"].values()))["version"]
+
+
+#: from this Elasticsearch version on, dense vectors are left out of ``_source`` unless asked for
+EXCLUDES_VECTORS_FROM = (9, 1)
+
+
+def server_version_tuple(client: Any) -> tuple[int, int] | None:
+    """``(major, minor)`` of the node answering, or ``None`` when it cannot be read."""
+    try:
+        major, minor = (int(x) for x in server_version(client).split(".")[:2])
+    except Exception:  # noqa: BLE001 - callers choose what an unknown version means
+        return None
+    return major, minor
+
+
+def source_with_vectors(client: Any, includes: list[str] | None = None) -> dict[str, Any]:
+    """``_source`` filtering that returns dense vectors too (Elasticsearch >= 9.1 leaves them out
+    unless ``exclude_vectors`` is false; older versions do not know that key). An unknown version is
+    taken to be a recent one."""
+    version = server_version_tuple(client)
+    out: dict[str, Any] = {"includes": list(includes)} if includes else {}
+    if version is None or version >= EXCLUDES_VECTORS_FROM:
+        out["exclude_vectors"] = False
+    return out or {"includes": ["*"]}

@@ -62,8 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: from this Elasticsearch version on, vectors are left out of ``_source`` unless asked for
-_EXCLUDES_VECTORS_FROM = (9, 1)
 
 
 @dataclass(frozen=True)
@@ -311,14 +309,9 @@ class StoredTeacherReranker:
         """``_source`` filtering that returns ``field`` (Elasticsearch >= 9.1 leaves vectors out unless
         ``exclude_vectors`` is false; older versions do not know that key)."""
         if self._source is None:
-            from esdistill.plugin.es_client import server_version
+            from esdistill.plugin.es_client import source_with_vectors
 
-            try:
-                major, minor = (int(x) for x in server_version(self._hook._es).split(".")[:2])
-                excludes = (major, minor) >= _EXCLUDES_VECTORS_FROM
-            except Exception:  # noqa: BLE001 - an unknown version: the clusters esdistill is tested on
-                excludes = True
-            self._source = {"includes": [field], **({"exclude_vectors": False} if excludes else {})}
+            self._source = source_with_vectors(self._hook._es, [field])
         return {**self._source, "includes": [field]}
 
 

@@ -288,6 +288,7 @@ def _temporary_copy(client: Any, physical: str, name: str, encoder: Any, fields:
     page; a document whose ``_source`` lacks its vector is embedded again. Returns the documents copied."""
     from esdistill.plugin._bulk import RetryPolicy
     from esdistill.plugin._scan import scan
+    from esdistill.plugin.es_client import source_with_vectors
 
     settings = next(iter(client.indices.get_settings(index=physical).values()))["settings"]["index"]
     mapping = next(iter(client.indices.get_mapping(index=physical).values()))["mappings"]
@@ -310,7 +311,8 @@ def _temporary_copy(client: Any, physical: str, name: str, encoder: Any, fields:
             raise ConfigError(f"could not copy documents of {physical!r} into the temporary index {name!r}")
         page.clear()
 
-    for hit in scan(client, physical, policy=RetryPolicy(), page_size=500, what="tune copy"):
+    source = source_with_vectors(client)  # the stored vectors are copied, not computed again
+    for hit in scan(client, physical, policy=RetryPolicy(), page_size=500, source=source, what="tune copy"):
         page.append({"_id": hit["_id"], "_source": dict(hit.get("_source") or {})})
         copied += 1
         if len(page) >= 500:

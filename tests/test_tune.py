@@ -63,9 +63,28 @@ def test_untuned_index_runs_knn_under_auto(es_client, tiny):
     assert hook.search("plants convert sunlight", k=5, mode="knn").mode_reason == ""
 
 
+class CountsDocuments:
+    """Wraps a real encoder and counts the documents it embeds."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.documents = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts, kind="document", **kw):
+        if kind == "document":
+            self.documents += len(texts)
+        return self.inner.encode(texts, kind=kind, **kw)
+
+
 def test_tune_stores_its_choice_and_auto_runs_it(es_client, tiny):
-    alias, enc = tiny
+    alias, raw = tiny
+    enc = CountsDocuments(raw)
     result = tune(es_client, alias, enc, n_queries=24, seed=1)
+    # the temporary copy reuses the stored vectors: only the documents whose sentence was cut are
+    # embedded again (a copy without the vectors re-embedded the whole index)
+    assert 0 < enc.documents <= result.n_queries
     _, meta = _meta(es_client, alias)
     stored = stored_choice(meta)
     assert stored is not None and stored["mode"] == result.mode in ("knn", "hybrid")
@@ -75,7 +94,7 @@ def test_tune_stores_its_choice_and_auto_runs_it(es_client, tiny):
     assert meta["model_fingerprint"] == enc.fingerprint  # esdistill's other keys are kept
     # the temporary copy for the inverse-cloze queries is gone
     assert not es_client.indices.get(index=f"{alias}-tune-*", allow_no_indices=True)
-    resp = QueryHook(es_client, alias, enc).search("plants convert sunlight", k=5)
+    resp = QueryHook(es_client, alias, raw).search("plants convert sunlight", k=5)
     assert resp.mode == stored["mode"] and resp.mode_reason == "tuned"
 
 

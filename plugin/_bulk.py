@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from esdistill.plugin._errors import ConfigError, IngestError
 from esdistill.plugin.es_errors import classify
 
-__all__ = ["BulkOutcome", "RetryPolicy", "Stopped", "call_with_retry", "is_retryable", "send_bulk"]
+__all__ = ["BulkOutcome", "RetryPolicy", "Stopped", "call_with_retry", "is_retryable", "send_bulk", "send_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,25 +198,46 @@ def send_bulk(client: Any, index: str, lines: Sequence[bytes], *, policy: RetryP
 def _send_group(bulk: Callable[..., Any], index: str, lines: Sequence[bytes], pending: list[int],
                 outcome: BulkOutcome, *, policy: RetryPolicy, stop: threading.Event | None,
                 note_retry: Callable[[], None]) -> None:
+    for pos, result in send_items(bulk, index, lines, pending, policy=policy, stop=stop,
+                                  on_retry=note_retry).items():
+        if 200 <= int(result.get("status", 500)) < 300:
+            outcome.ok += 1
+        else:
+            outcome.rejected.append((pos, _item_reason(result)))
+
+
+def send_items(bulk: Callable[..., Any], index: str, lines: Sequence[bytes], pending: Sequence[int], *,
+               policy: RetryPolicy, stop: threading.Event | None = None,
+               on_retry: Callable[[], None] | None = None, **params: Any) -> dict[int, dict[str, Any]]:
+    """Send the bulk items ``lines[pending]`` to ``index`` and resend those answered 429/5xx, with
+    backoff, until each has a final answer; returns position -> the item's result (``status``,
+    ``error``, ``_seq_no`` ...).
+
+    Args:
+        bulk: the client's ``bulk`` method (with the request timeout set).
+        params: more ``bulk`` parameters (``refresh``).
+
+    Raises:
+        IngestError: items kept being refused for ``policy.give_up_after`` seconds without progress.
+    """
+    answers: dict[int, dict[str, Any]] = {}
+    pending = list(pending)
     started = time.monotonic()
     attempt = 0
     while pending:
         body = [lines[i] for i in pending]
-        resp = call_with_retry(lambda body=body: bulk(index=index, operations=body), what=f"bulk write to {index}",
-                               policy=policy, stop=stop, on_retry=note_retry)
+        resp = call_with_retry(lambda body=body: bulk(index=index, operations=body, **params),
+                               what=f"bulk write to {index}", policy=policy, stop=stop, on_retry=on_retry)
         items = resp["items"]
         if len(items) != len(pending):
             raise IngestError(f"bulk write to {index}: sent {len(pending)} items, the answer has {len(items)}")
         again = []
         for pos, item in zip(pending, items):
             result = next(iter(item.values()))
-            status = int(result.get("status", 500))
-            if 200 <= status < 300:
-                outcome.ok += 1
-            elif status in _RETRY_STATUS:
+            if int(result.get("status", 500)) in _RETRY_STATUS:
                 again.append(pos)
             else:
-                outcome.rejected.append((pos, _item_reason(result)))
+                answers[pos] = result
         if len(again) < len(pending):
             started, attempt = time.monotonic(), 0  # progress: reset the give-up clock
         pending = again
@@ -228,5 +249,7 @@ def _send_group(bulk: Callable[..., Any], index: str, lines: Sequence[bytes], pe
                                   "429/5xx; stopping. Nothing was lost: run again with the same checkpoint.")
             logger.warning("bulk write to %s: %d item(s) pushed back, retry %d in %.1f s",
                            index, len(pending), attempt, delay)
-            note_retry()
+            if on_retry:
+                on_retry()
             _wait(delay, stop)
+    return answers

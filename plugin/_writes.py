@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from esdistill.plugin._bulk import RetryPolicy, call_with_retry
-from esdistill.plugin._errors import ConfigError, IngestError
+from esdistill.plugin._bulk import RetryPolicy, send_items
+from esdistill.plugin._errors import ConfigError
 
 __all__ = ["DeleteResult", "ItemOutcome", "action_line", "bulk_outcomes", "delete_documents"]
 
 logger = logging.getLogger(__name__)
 
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _MAX_ITEMS = 1000
 
 
@@ -61,39 +59,11 @@ def bulk_outcomes(client: Any, index: str, items: Sequence[bytes], *, policy: Re
     outcomes: list[ItemOutcome | None] = [None] * len(items)
     bulk = client.options(request_timeout=request_timeout).bulk
     for start in range(0, len(items), _MAX_ITEMS):
-        pending = list(range(start, min(start + _MAX_ITEMS, len(items))))
-        started, attempt = time.monotonic(), 0
-        while pending:
-            body = [items[i] for i in pending]
-            resp = call_with_retry(lambda body=body: bulk(index=index, operations=body, refresh=refresh),
-                                   what=f"bulk write to {index}", policy=policy, stop=stop)
-            answers = resp["items"]
-            if len(answers) != len(pending):
-                raise IngestError(f"bulk write to {index}: sent {len(pending)} items, the answer has {len(answers)}")
-            again = []
-            for pos, answer in zip(pending, answers):
-                result = next(iter(answer.values()))
-                status = int(result.get("status", 500))
-                if status in _RETRY_STATUS:
-                    again.append(pos)
-                else:
-                    outcomes[pos] = ItemOutcome(status=status, reason="" if status < 300 else _reason(result),
-                                                seq_no=result.get("_seq_no"))
-            if len(again) < len(pending):
-                started, attempt = time.monotonic(), 0
-            pending = again
-            if pending:
-                attempt += 1
-                delay = policy.delay(attempt)
-                if time.monotonic() - started + delay > policy.give_up_after:
-                    raise IngestError(f"bulk write to {index}: {len(pending)} item(s) kept being refused with "
-                                      "429/5xx; stopping. Run the command again to resume.")
-                logger.warning("bulk write to %s: %d item(s) pushed back, retry %d in %.1f s", index, len(pending),
-                               attempt, delay)
-                if stop is not None and stop.wait(delay):
-                    raise IngestError(f"bulk write to {index} stopped")
-                if stop is None:
-                    time.sleep(delay)
+        chunk = range(start, min(start + _MAX_ITEMS, len(items)))
+        for pos, result in send_items(bulk, index, items, chunk, policy=policy, stop=stop, refresh=refresh).items():
+            status = int(result.get("status", 500))
+            outcomes[pos] = ItemOutcome(status=status, reason="" if status < 300 else _reason(result),
+                                        seq_no=result.get("_seq_no"))
     return [o if o is not None else ItemOutcome(status=500, reason="no answer") for o in outcomes]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from esdistill.export._deps import require
 from esdistill.plugin._errors import ConfigError
+from esdistill.plugin._spec import weighted_terms
 
 __all__ = [
     "LOSSES",
@@ -288,12 +289,7 @@ def build_loss(spec: str, *, student_temperature: float = 0.05, teacher_temperat
         >>> build_loss("kl+0.1*infonce")  # doctest: +SKIP
     """
     parts: list[tuple[float, DistillLoss]] = []
-    for raw in spec.replace(" ", "").split("+"):
-        weight, _, name = raw.rpartition("*")
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(f"bad loss weight {weight!r} in {spec!r}; write e.g. 'kl+0.1*infonce'") from None
+    for w, name in weighted_terms(spec, what="loss", example="kl+0.1*infonce"):
         if name not in LOSSES:
             raise ConfigError(f"unknown loss {name!r} in {spec!r}; choose from {sorted(LOSSES)}")
         parts.append((w, LOSSES[name](student_temperature=student_temperature,

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from esdistill.plugin._errors import ConfigError, ModelError
+from esdistill.plugin._spec import weighted_terms
 from esdistill.plugin.fusion import SCORE_NORMALIZATIONS, normalize_scores
 from esdistill.plugin.manifest import Manifest
 from esdistill.plugin.models import PACKAGED_MODELS, _packaged_key, exported_model
@@ -93,14 +94,9 @@ def parse_teacher_spec(spec: str) -> list[SpecMember]:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"teacher spec {spec!r} is empty; write e.g. 'mpnet' or '0.5*mpnet+0.5*bm25'")
     members: list[SpecMember] = []
-    for raw in spec.replace(" ", "").split("+"):
-        weight, _, name = raw.rpartition("*")
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(f"bad teacher weight {weight!r} in {spec!r}; write e.g. '0.7*mpnet+0.3*bm25'") from None
+    for w, name in weighted_terms(spec, what="teacher", example="0.7*mpnet+0.3*bm25"):
         if not np.isfinite(w) or w < 0:
-            raise ConfigError(f"teacher weight {weight!r} in {spec!r} must be a number >= 0 (weights)")
+            raise ConfigError(f"teacher weight {w!r} in {spec!r} must be a number >= 0 (weights)")
         if not name:
             raise ConfigError(f"empty teacher name in {spec!r}; write e.g. '0.7*mpnet+0.3*bm25'")
         if name == "bm25":

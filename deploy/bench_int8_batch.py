@@ -14,7 +14,7 @@ It reports the cosine between each document's batched and alone int8 vectors, ea
 fp32, nDCG@10 / Recall@100 / MRR@10, and the encoder's CPU seconds and wall seconds per pass::
 
     python -m esdistill.deploy.bench_int8_batch --int8 runs/minilm-int8 --fp32 runs/minilm-fp32 \\
-        --collection ../shared/data/scifact --docs 0 --out int8-batch.json
+        --collection data/scifact --docs 0 --out int8-batch.json
 
 ``--docs N`` keeps every document judged for the split plus random others up to ``N`` (0: all).
 """

@@ -3,7 +3,7 @@
 ::
 
     esdistill search --index scifact --model runs/student-int8 "vitamin D and bones" --mode hybrid
-    esdistill eval --collection ../shared/data/scifact --index scifact --model runs/student-int8 \\
+    esdistill eval --collection data/scifact --index scifact --model runs/student-int8 \\
         --mode knn --rerank runs/teacher-onnx --json
 """
 

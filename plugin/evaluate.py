@@ -9,7 +9,7 @@ fusion, rerank), summarised as percentiles.
 ir-measures is an optional dependency (the ``eval`` extra); it is imported only when metrics are
 computed, and its absence gives the install command::
 
-    >>> coll = load_beir("../shared/data/scifact", split="test")          # doctest: +SKIP
+    >>> coll = load_beir("data/scifact", split="test")          # doctest: +SKIP
     >>> report = evaluate(hook, coll, mode="hybrid", k=100)               # doctest: +SKIP
     >>> report.metrics["ndcg@10"], report.latency_ms["p50"]               # doctest: +SKIP
     (0.689, 12.4)

@@ -12,7 +12,7 @@ The draw is deterministic (one seeded ``random.Random``) and needs only the stan
 
 Usage (the command that made the shipped files)::
 
-    python deploy/demo/make_subset.py --source ../shared/data/scifact --out deploy/demo
+    python deploy/demo/make_subset.py --source data/scifact --out deploy/demo
 """
 
 from __future__ import annotations
